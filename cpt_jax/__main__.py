@@ -1,0 +1,3 @@
+from cpt_jax.cli.main import entry
+
+entry()

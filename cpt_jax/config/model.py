@@ -1,0 +1,101 @@
+"""Decoder architecture config: one dataclass covers Llama 2/3, Mistral, Qwen2 and Qwen3."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from cpt_jax.config.base import require
+
+Family = Literal["llama", "mistral", "qwen2", "qwen3"]
+DType = Literal["float32", "bfloat16", "float16"]
+Remat = Literal["none", "full", "dots", "dots_no_batch"]
+
+
+@dataclass(frozen=True)
+class RopeScalingConfig:
+    """Llama 3.1 frequency-dependent RoPE scaling (HF `rope_scaling` with rope_type llama3)."""
+
+    rope_type: Literal["llama3"] = "llama3"
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+    def validate(self, path: str) -> None:
+        require(self.factor >= 1.0, path, "factor", "must be >= 1")
+        require(self.high_freq_factor > self.low_freq_factor, path, "high_freq_factor",
+                "must be greater than low_freq_factor")
+        require(self.original_max_position_embeddings > 0, path, "original_max_position_embeddings",
+                "must be positive")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    family: Family = "llama"
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_layers: int = 32
+    num_heads: int = 32
+    num_kv_heads: Optional[int] = None  # None: multi-head attention (= num_heads)
+    head_dim: Optional[int] = None  # None: hidden_size // num_heads (Qwen3 sets it freely)
+    rope_theta: float = 10000.0
+    rope_scaling: Optional[RopeScalingConfig] = None
+    rms_norm_eps: float = 1e-6
+    max_position_embeddings: int = 4096
+    tie_embeddings: bool = False
+    qkv_bias: bool = False  # Qwen2
+    qk_norm: bool = False  # Qwen3: RMSNorm over each head of q and k
+    param_dtype: DType = "float32"
+    dtype: DType = "float32"  # compute dtype
+    remat: Remat = "none"
+    attention: Literal["xla", "cudnn", "auto"] = "auto"
+    initializer_range: float = 0.02
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
+
+    def validate(self, path: str) -> None:
+        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                    "max_position_embeddings"):
+            require(getattr(self, key) > 0, path, key, f"must be positive, got {getattr(self, key)}")
+        if self.head_dim is None:
+            require(self.hidden_size % self.num_heads == 0, path, "num_heads",
+                    f"num_heads={self.num_heads} must divide hidden_size={self.hidden_size} "
+                    "(or set head_dim explicitly, as Qwen3 does)")
+        else:
+            require(self.head_dim > 0, path, "head_dim", "must be positive")
+        require(self.dim_per_head % 2 == 0, path, "head_dim", "must be even for rotary embeddings")
+        require(self.kv_heads > 0 and self.num_heads % self.kv_heads == 0, path, "num_kv_heads",
+                f"num_kv_heads={self.kv_heads} must divide num_heads={self.num_heads} (grouped-query attention)")
+        require(self.rope_theta > 0, path, "rope_theta", "must be positive")
+        require(self.rms_norm_eps > 0, path, "rms_norm_eps", "must be positive")
+        require(self.initializer_range > 0, path, "initializer_range", "must be positive")
+
+    def num_params(self, include_embeddings: bool = True) -> int:
+        d, h, kv, hd = self.hidden_size, self.num_heads, self.kv_heads, self.dim_per_head
+        attn = d * h * hd + 2 * d * kv * hd + h * hd * d
+        if self.qkv_bias:
+            attn += (h + 2 * kv) * hd
+        if self.qk_norm:
+            attn += 2 * hd
+        layer = attn + 3 * d * self.intermediate_size + 2 * d
+        total = self.num_layers * layer + d
+        if include_embeddings:
+            total += self.vocab_size * d * (1 if self.tie_embeddings else 2)
+        return total
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token: 6 x non-embedding params + 12 x layers x seq_len x attention width.
+
+        The standard MFU count (Kaplan et al.; PaLM appendix B): embedding and LM-head
+        matmuls are left out, so small-vocabulary-dominated models report a conservative MFU.
+        """
+        n = self.num_params(include_embeddings=False)
+        return 6.0 * n + 12.0 * self.num_layers * seq_len * self.num_heads * self.dim_per_head

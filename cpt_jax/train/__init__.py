@@ -1,0 +1,1 @@
+"""Training: loss, state, the jitted step and the phase loop."""
