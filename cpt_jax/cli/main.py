@@ -9,6 +9,7 @@ import sys
 
 from cpt_jax.config.base import ConfigError
 from cpt_jax.cli.errors import UserError
+from cpt_jax.data.errors import DataError
 
 # name -> module; each module has add_arguments(parser) and run(args) -> int, and its docstring's
 # first line is the help text. Modules are imported lazily so `--help` stays fast.
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sub_parser.parse_args(argv[1:])
     try:
         return int(module.run(args) or 0)
-    except (UserError, ConfigError) as e:
+    except (UserError, ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from cpt_jax.cli.errors import UserError
@@ -15,9 +16,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force-new", action="store_true",
                         help="the run directory holds a different plan: move it aside and start over")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    add_cpu_devices_argument(parser)
+
+
+def add_cpu_devices_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cpu-devices", type=int, default=0, metavar="N",
+                        help="on CPU, split the host into N fake devices to try a sharded mesh")
+
+
+def apply_cpu_devices(n: int) -> None:
+    """Must run before JAX starts its backends (it reads XLA_FLAGS once)."""
+    if n > 0:
+        flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f]
+        os.environ["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={n}"])
 
 
 def run(args: argparse.Namespace) -> int:
+    apply_cpu_devices(args.cpu_devices)
     from cpt_jax.config.run import load_run_config
     from cpt_jax.distributed import initialize
 

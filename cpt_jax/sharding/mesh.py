@@ -12,6 +12,7 @@ from jax.sharding import AxisType, Mesh
 from cpt_jax.config.base import ConfigError, require
 
 AXES = ("data", "fsdp", "tensor")
+CPU_HINT = " (on CPU, `--cpu-devices N` simulates N devices)"
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class MeshConfig:
         if math.prod(sizes) != num_devices:
             raise ConfigError("mesh", f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} = "
                               f"{math.prod(sizes)} devices, but {num_devices} are available; make the "
-                              "product equal the device count (or set one axis to -1)")
+                              f"product equal the device count (or set one axis to -1){CPU_HINT}")
         return tuple(sizes)
 
 

@@ -117,7 +117,7 @@ class Trainer:
         self.is_writer = self.process_index == 0
         self.mesh = make_mesh(cfg.mesh)
         check_mesh_batch(cfg, self.mesh.shape["data"] * self.mesh.shape["fsdp"])
-        self.pipe = DataPipeline(cfg.data)
+        self.pipe = DataPipeline(cfg.data, vocab_size=cfg.model.vocab_size)
         self.pipe.check(vocab_size=cfg.model.vocab_size, tokenizer=cfg.tokenizer or None)
         self.steps = cfg.phase_steps()
         self.starts = cfg.phase_starts()
@@ -260,8 +260,13 @@ class Trainer:
         cfg = self.cfg
         pc = cfg.phases[phase]
         n, start = self.steps[phase], self.starts[phase]
-        it = self.pipe.train_iterator(pc.mixture, phase=phase, start_step=phase_step,
+        # Each source's stream continues where the earlier phases left it (a pure function of
+        # the plan), so replay never re-reads what phase 0 already trained on.
+        start_tokens = self.pipe.phase_start_tokens([(p.mixture, n) for p, n in zip(cfg.phases, self.steps)], phase)
+        it = self.pipe.train_iterator(pc.mixture, phase=phase, start_step=phase_step, start_tokens=start_tokens,
                                       process_index=self.process_index, process_count=self.process_count)
+        if phase_step == 0:
+            self.bar.write(f"mixture: {self.pipe.plan(pc.mixture).describe()}")
         pending: list = []
         t0, tokens_since = time.perf_counter(), 0.0
         rows = cfg.data.global_batch_size

@@ -1,0 +1,61 @@
+"""Tokenize .txt/.jsonl/.parquet files into packed-ready ArrayRecord shards with a manifest.
+
+Each input .txt file is one document (or one per blank-line separated block with
+--txt-split blank-lines); each .jsonl line and each .parquet row is one document. Every
+document ends with EOS. Held-out documents (--eval-docs / --eval-fraction, chosen by a hash of
+their text) go to their own shards and are never trained on. Interrupted runs resume: rerun the
+same command and finished shards are kept; manifest.json is written last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from cpt_jax.cli.errors import UserError
+from cpt_jax.data.errors import DataError
+from cpt_jax.data.readers import ReadOptions
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders of .txt, .jsonl, .parquet")
+    parser.add_argument("--out", required=True, help="output directory (one source)")
+    tok = parser.add_mutually_exclusive_group(required=True)
+    tok.add_argument("--tokenizer", help="sentencepiece .model or Hugging Face tokenizer.json")
+    tok.add_argument("--train-tokenizer", type=int, metavar="VOCAB_SIZE",
+                     help="train a sentencepiece model on the training documents; writes OUT/tokenizer.model")
+    parser.add_argument("--field", default="text", help="jsonl: the field holding the text (default: text)")
+    parser.add_argument("--column", default="text", help="parquet: the column holding the text (default: text)")
+    parser.add_argument("--txt-split", choices=["file", "blank-lines"], default="file",
+                        help="txt: one document per file (default) or per blank-line separated block")
+    parser.add_argument("--eos-token", default="", help="tokenizer.json: end-of-document token if not detected")
+    parser.add_argument("--add-bos", action="store_true", help="also start every document with BOS")
+    held = parser.add_mutually_exclusive_group()
+    held.add_argument("--eval-docs", type=int, default=50, help="held-out documents (default: 50; 0: none)")
+    held.add_argument("--eval-fraction", type=float, default=0.0, help="hold out this fraction instead")
+    parser.add_argument("--workers", type=int, default=1, help="processes (default: 1)")
+    parser.add_argument("--shard-docs", type=int, default=2048, help="input records per shard (default: 2048)")
+    parser.add_argument("--overwrite", action="store_true", help="replace data prepared earlier in --out")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from cpt_jax.data.prepare import PrepareOptions, prepare
+
+    opts = PrepareOptions(
+        inputs=tuple(args.inputs), out=args.out, tokenizer=args.tokenizer or "",
+        train_tokenizer=args.train_tokenizer or 0, eos_token=args.eos_token, add_bos=args.add_bos,
+        read=ReadOptions(field=args.field, column=args.column, txt_split=args.txt_split),
+        eval_docs=0 if args.eval_fraction else args.eval_docs, eval_fraction=args.eval_fraction,
+        workers=args.workers, shard_docs=args.shard_docs, overwrite=args.overwrite, progress=not args.quiet)
+    try:
+        manifest = prepare(opts)
+    except DataError as e:
+        raise UserError(str(e)) from e
+    splits = manifest["splits"]
+    summary = {"out": args.out, "train_documents": splits["train"]["documents"],
+               "train_tokens": splits["train"]["tokens"], "eval_documents": splits["eval"]["documents"],
+               "eval_tokens": splits["eval"]["tokens"], "skipped": manifest["skipped"]["by_reason"],
+               "vocab_size": manifest["tokenizer"]["vocab_size"], "tokenizer": manifest["tokenizer"]["path"]}
+    print(json.dumps(summary, indent=1))
+    return 0

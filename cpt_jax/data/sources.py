@@ -1,0 +1,81 @@
+"""Named sources opened for training: a train and an eval split of documents, plus metadata."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from cpt_jax.data.config import SourceConfig
+from cpt_jax.data.errors import DataError
+from cpt_jax.data.manifest import open_prepared
+from cpt_jax.data.synthetic import EOS_ID, SyntheticDocs
+
+
+class Documents(Protocol):
+    lengths: np.ndarray  # int64 tokens per document, EOS included
+
+    def __getitem__(self, i: int) -> np.ndarray: ...
+
+
+class PreparedDocs:
+    """Documents of one split of a prepared directory, read at random from its ArrayRecord shards."""
+
+    def __init__(self, shards: tuple[str, ...], lengths: np.ndarray, dtype: np.dtype):
+        self.shards, self.lengths, self.dtype = shards, lengths, dtype
+        self._records = None
+
+    def _source(self):
+        if self._records is None:
+            import grain
+
+            self._records = grain.sources.ArrayRecordDataSource(list(self.shards))
+        return self._records
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        doc = np.frombuffer(self._source()[int(i)], dtype=self.dtype).astype(np.int32)
+        if doc.size != self.lengths[i]:
+            raise DataError(f"document {i} of {self.shards[0]}... has {doc.size} tokens but the manifest says "
+                            f"{self.lengths[i]}: the prepared data is corrupt; rerun `cpt-jax prepare --overwrite`")
+        return doc
+
+    def __getstate__(self):  # grain workers reopen the shards themselves
+        return {**self.__dict__, "_records": None}
+
+
+@dataclass
+class Source:
+    name: str
+    train: Documents
+    eval: Documents
+    vocab_size: int  # of the tokenizer (synthetic: of the generator)
+    eos_id: int
+    max_token_id: int
+    fingerprint: str | None  # sha256 of the tokenizer file; None for synthetic data
+    info: dict = field(default_factory=dict)
+
+
+def open_source(name: str, cfg: SourceConfig, model_vocab: int | None) -> Source:
+    if cfg.kind == "synthetic":
+        vocab = cfg.vocab_size or model_vocab
+        if not vocab:
+            raise DataError(f"source '{name}': synthetic vocab_size is 0 (the model's) but no vocab_size was "
+                            "given to DataPipeline; set data.sources.{name}.vocab_size")
+        train = SyntheticDocs(vocab, cfg.num_docs, cfg.min_len, cfg.max_len, cfg.seed, "train")
+        held = SyntheticDocs(vocab, cfg.eval_docs, cfg.min_len, cfg.max_len, cfg.seed, "eval")
+        info = {"kind": "synthetic", "vocab_size": vocab, "train_documents": cfg.num_docs,
+                "eval_documents": cfg.eval_docs, "train_tokens": int(train.lengths.sum())}
+        return Source(name, train, held, vocab, EOS_ID, vocab - 1, None, info)
+    try:
+        prepared = open_prepared(cfg.path)
+    except DataError as e:
+        raise DataError(f"source '{name}': {e}") from e
+    m = prepared.manifest
+    splits = {s: PreparedDocs(p.shards, p.lengths, prepared.dtype) for s, p in prepared.splits.items()}
+    info = {"kind": "prepared", "path": str(prepared.root),
+            **{f"{s}_documents": m["splits"][s]["documents"] for s in splits},
+            **{f"{s}_tokens": m["splits"][s]["tokens"] for s in splits}, "skipped": m["skipped"]["count"]}
+    tok = m["tokenizer"]
+    return Source(name, splits["train"], splits["eval"], tok["vocab_size"], tok["eos_id"], m["max_token_id"],
+                  tok["sha256"], info)

@@ -1,0 +1,172 @@
+"""Tokenizers for prepare: a sentencepiece `.model` or a Hugging Face `tokenizer.json`.
+
+Both are wrapped behind `encode_batch`, `vocab_size`, `eos_id` and a fingerprint (sha256 of the
+tokenizer file) that the manifest records, so a run can refuse data tokenized differently.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from cpt_jax.data.errors import DataError
+from cpt_jax.data.hashing import sha256_file
+
+# End-of-text tokens of common model families, tried in order when tokenizer.json does not
+# name its EOS (a tokenizer_config.json next to it, or --eos-token, takes precedence).
+_TRAIN_THREADS = 4
+_KNOWN_EOS = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|im_end|>")
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """What a worker process needs to load the tokenizer again (picklable)."""
+
+    path: str
+    eos_token: str = ""  # HF only: override the end-of-document token
+    add_bos: bool = False
+
+
+class Tokenizer:
+    kind: str
+    vocab_size: int
+    eos_id: int
+    bos_id: int | None
+
+    def __init__(self, spec: TokenizerSpec):
+        self.spec = spec
+        self.path = spec.path
+        self.fingerprint = sha256_file(spec.path)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each document, with BOS (if asked) and EOS."""
+        prefix = [self.bos_id] if self.spec.add_bos else []
+        return [prefix + ids + [self.eos_id] for ids in self._encode(texts)]
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"path": str(Path(self.path).resolve()), "kind": self.kind, "sha256": self.fingerprint,
+                "vocab_size": self.vocab_size, "eos_id": self.eos_id, "bos_id": self.bos_id,
+                "add_bos": self.spec.add_bos}
+
+
+class SentencePieceTokenizer(Tokenizer):
+    kind = "sentencepiece"
+
+    def __init__(self, spec: TokenizerSpec):
+        import sentencepiece as spm
+
+        super().__init__(spec)
+        try:
+            self._sp = spm.SentencePieceProcessor(model_file=spec.path)
+        except (OSError, RuntimeError) as e:
+            raise DataError(f"{spec.path} is not a sentencepiece model ({e}); pass a .model file "
+                            "or a Hugging Face tokenizer.json") from e
+        self.vocab_size = self._sp.get_piece_size()
+        self.eos_id = self._sp.eos_id()
+        bos = self._sp.bos_id()
+        self.bos_id = bos if bos >= 0 else None
+        if self.eos_id < 0:
+            raise DataError(f"sentencepiece model {spec.path} has no EOS piece; documents must end with "
+                            "EOS: retrain it with eos_id set (the default)")
+        if spec.add_bos and self.bos_id is None:
+            raise DataError(f"--add-bos: sentencepiece model {spec.path} has no BOS piece")
+
+    def _encode(self, texts):
+        return self._sp.encode(texts, out_type=int)
+
+
+class HFTokenizer(Tokenizer):
+    kind = "huggingface"
+
+    def __init__(self, spec: TokenizerSpec):
+        from tokenizers import Tokenizer as _HF
+
+        super().__init__(spec)
+        try:
+            self._tok = _HF.from_file(spec.path)
+        except Exception as e:  # the Rust side raises a bare Exception on malformed files
+            raise DataError(f"{spec.path} is not a Hugging Face tokenizer.json ({e})") from e
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        config = _tokenizer_config(Path(spec.path).parent)
+        self.eos_id = self._find_id(spec.eos_token or _token_text(config.get("eos_token")), _KNOWN_EOS, "EOS")
+        bos = _token_text(config.get("bos_token"))
+        self.bos_id = self._tok.token_to_id(bos) if bos else None
+        if spec.add_bos and self.bos_id is None:
+            raise DataError(f"--add-bos: no bos_token in {Path(spec.path).parent / 'tokenizer_config.json'}")
+
+    def _find_id(self, name: str, fallbacks: tuple[str, ...], what: str) -> int:
+        for candidate in ([name] if name else list(fallbacks)):
+            token_id = self._tok.token_to_id(candidate)
+            if token_id is not None:
+                return token_id
+        tried = name or ", ".join(fallbacks)
+        raise DataError(f"cannot find the {what} token ({tried}) in {self.path}; pass --eos-token with "
+                        "the tokenizer's end-of-text token")
+
+    def _encode(self, texts):
+        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+
+
+def _tokenizer_config(folder: Path) -> dict:
+    path = folder / "tokenizer_config.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} is not valid JSON: {e}") from e
+
+
+def _token_text(value) -> str:
+    if isinstance(value, dict):  # AddedToken form {"content": "</s>", ...}
+        return str(value.get("content", ""))
+    return value or ""
+
+
+def load_tokenizer(spec: TokenizerSpec) -> Tokenizer:
+    path = Path(spec.path)
+    if not path.is_file():
+        raise DataError(f"tokenizer {path} does not exist; pass a sentencepiece .model or a tokenizer.json")
+    if path.suffix == ".json":
+        return HFTokenizer(spec)
+    return SentencePieceTokenizer(spec)
+
+
+def train_sentencepiece(lines: Iterable[str], out_path: Path, vocab_size: int) -> None:
+    """Train a unigram sentencepiece model on `lines` and write it atomically to out_path.
+
+    Ids: unk=0, bos=1, eos=2, no pad (packing uses segment id 0 for padding). Byte fallback needs
+    256 byte pieces, so it is only on for vocabularies of at least 512. The trainer's thread count
+    changes its floating-point sums, so it is fixed: the same text always gives the same model.
+    """
+    import sentencepiece as spm
+
+    spm.set_random_generator_seed(1234)  # deterministic training: a rerun gives the same model
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=_nonempty(lines), model_writer=model, vocab_size=vocab_size,
+            model_type="unigram", character_coverage=1.0 if vocab_size < 4096 else 0.9995,
+            byte_fallback=vocab_size >= 512, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+            input_sentence_size=2_000_000, shuffle_input_sentence=True, max_sentence_length=16384,
+            hard_vocab_limit=False,  # tiny corpora support fewer pieces: take what the text gives
+            num_threads=_TRAIN_THREADS, minloglevel=2)
+    except RuntimeError as e:
+        raise DataError(f"training a sentencepiece tokenizer with vocab {vocab_size} failed: {e}. "
+                        "Lower --train-tokenizer (it must not exceed what the text supports)") from e
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    tmp.write_bytes(model.getvalue())
+    os.replace(tmp, out_path)
+
+
+def _nonempty(lines: Iterable[str]) -> Iterator[str]:
+    for line in lines:
+        if line.strip():
+            yield line

@@ -1,0 +1,7 @@
+"""Reading runs back: curves as PNG, held-out loss tables as markdown."""
+
+from cpt_jax.report.curves import plot_compare, plot_run
+from cpt_jax.report.runs import RunRecord, load_run
+from cpt_jax.report.tables import phase_table
+
+__all__ = ["RunRecord", "load_run", "plot_run", "plot_compare", "phase_table"]

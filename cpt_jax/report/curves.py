@@ -1,0 +1,70 @@
+"""PNG curves: training loss, LR and per-domain held-out loss, with phase boundaries marked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from cpt_jax.report.runs import RunRecord  # noqa: E402
+
+
+def _mark_phases(ax, run: RunRecord) -> None:
+    for step, name in run.boundaries[1:]:
+        ax.axvline(step, color="grey", linestyle="--", linewidth=0.8)
+        ax.annotate(name, (step, 1.0), xycoords=("data", "axes fraction"), rotation=90, va="top",
+                    ha="right", fontsize=7, color="grey")
+
+
+def plot_run(run: RunRecord, out: str | Path) -> Path:
+    """Three panels: train loss, LR, and held-out loss per source (learning vs forgetting)."""
+    fig, axes = plt.subplots(3, 1, figsize=(9, 9), sharex=True)
+    steps = [r["step"] for r in run.train]
+    axes[0].plot(steps, [r["loss"] for r in run.train], linewidth=0.8)
+    axes[0].set_ylabel("train loss")
+    axes[1].plot(steps, [r["lr"] for r in run.train], color="tab:orange")
+    axes[1].set_ylabel("learning rate")
+    for source in run.sources:
+        x, y = run.eval_curve(source)
+        axes[2].plot(x, y, marker="o", markersize=3, label=source)
+    axes[2].set_ylabel("held-out loss")
+    axes[2].set_xlabel("step")
+    axes[2].legend(fontsize=8)
+    for ax in axes:
+        _mark_phases(ax, run)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{run.label}: learning and forgetting")
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def plot_compare(runs: list[RunRecord], out: str | Path) -> Path:
+    """Held-out loss per source, one panel per source, one line per run (e.g. replay vs none)."""
+    sources = sorted({s for run in runs for s in run.sources})
+    fig, axes = plt.subplots(1, len(sources), figsize=(5 * len(sources), 4), squeeze=False)
+    for ax, source in zip(axes[0], sources):
+        for run in runs:
+            x, y = run.eval_curve(source)
+            if x:
+                ax.plot(x, y, marker="o", markersize=3, label=run.label)
+        _mark_phases(ax, runs[0])
+        ax.set_title(f"held-out {source}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def _save(fig, out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out)
+    return out

@@ -1,0 +1,50 @@
+"""A finished (or running) run directory, read back: config, phase boundaries and metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from cpt_jax.cli.errors import UserError
+from cpt_jax.config.base import from_dict
+from cpt_jax.config.run import RunConfig
+from cpt_jax.train.metrics import read_jsonl
+
+
+@dataclass
+class RunRecord:
+    path: Path
+    label: str
+    config: RunConfig
+    train: list[dict]
+    evals: list[dict]
+
+    @property
+    def boundaries(self) -> list[tuple[int, str]]:
+        """(global step where the phase starts, phase name)."""
+        return list(zip(self.config.phase_starts(), (p.name for p in self.config.phases)))
+
+    @property
+    def sources(self) -> list[str]:
+        return sorted({r["source"] for r in self.evals})
+
+    def eval_curve(self, source: str) -> tuple[list[int], list[float]]:
+        rows = [r for r in self.evals if r["source"] == source]
+        return [r["step"] for r in rows], [r["loss"] for r in rows]
+
+
+def load_run(path: str | Path, label: str | None = None) -> RunRecord:
+    path = Path(path)
+    cfg_file = path / "config.yaml"
+    if not cfg_file.exists():
+        raise UserError(f"{path} is not a cpt_jax run directory (no config.yaml); pass the run_dir of a "
+                        "`cpt-jax train` run")
+    config = from_dict(RunConfig, yaml.safe_load(cfg_file.read_text())["config"])
+    records = read_jsonl(path / "metrics.jsonl")
+    if not records:
+        raise UserError(f"{path}/metrics.jsonl has no records yet; train first")
+    return RunRecord(path=path, label=label or path.name, config=config,
+                     train=[r for r in records if r.get("kind") == "train"],
+                     evals=[r for r in records if r.get("kind") == "eval"])

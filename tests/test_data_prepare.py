@@ -1,0 +1,179 @@
+"""`prepare`: shards and manifest, skipped records, held-out split, resumable reruns, bad input."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import sentencepiece as spm
+
+from cpt_jax.data import prepare as prep
+from cpt_jax.data.corpus import documents, vocabulary, word_level_tokenizer, write_jsonl
+from cpt_jax.data.errors import DataError
+from cpt_jax.data.hashing import sha256_file
+from cpt_jax.data.manifest import open_prepared
+from cpt_jax.data.readers import ReadOptions
+from cpt_jax.data.sources import PreparedDocs
+
+WORDS = vocabulary("w", 50)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    texts = documents(WORDS, 90, seed=1)
+    write_jsonl(root / "in" / "a.jsonl", texts[:60])
+    with open(root / "in" / "a.jsonl", "ab") as f:  # four bad records and a blank line (not a record)
+        f.write(b'{"body": "no text field"}\n\nnot json\n{"text": ""}\n{"text": "bad \xff utf8"}\n')
+    (root / "in" / "b.txt").write_text("\n\n".join(texts[60:70]) + "\n")
+    (root / "in" / "empty.txt").write_text("")
+    pq.write_table(pa.table({"content": texts[70:90], "n": list(range(20))}), root / "in" / "c.parquet",
+                   row_group_size=7)
+    return {"root": root, "texts": texts}
+
+
+def options(corpus, out, **kw):
+    base = dict(inputs=(str(corpus["root"] / "in"),), out=str(out), train_tokenizer=120, eval_docs=6,
+                shard_docs=16, read=ReadOptions(column="content", txt_split="blank-lines"), progress=False)
+    return prep.PrepareOptions(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def prepared(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    return out, prep.prepare(options(corpus, out))
+
+
+def read_split(out, split):
+    p = open_prepared(out)
+    docs = PreparedDocs(p.splits[split].shards, p.splits[split].lengths, p.dtype)
+    return [docs[i] for i in range(len(p.splits[split].lengths))]
+
+
+def test_manifest_counts_documents_tokens_and_skips(corpus, prepared):
+    out, m = prepared
+    assert m["splits"]["train"]["documents"] + m["splits"]["eval"]["documents"] == 90
+    assert m["splits"]["eval"]["documents"] == 6
+    assert m["skipped"]["count"] == 5
+    assert m["skipped"]["by_reason"] == {"missing field 'text'": 1, "invalid JSON (Expecting value)": 1,
+                                         "empty document": 2, "invalid UTF-8": 1}
+    bad = [s for s in m["skipped"]["records"] if s["reason"].startswith("invalid UTF-8")]
+    assert bad[0]["file"].endswith("a.jsonl") and bad[0]["record"] == 63
+    assert m["tokenizer"]["sha256"] == sha256_file(out / "tokenizer.model")
+    assert m["tokenizer"]["vocab_size"] <= 120 and m["tokenizer"]["trained_here"]
+    shas = {Path(s["path"]).name: s["sha256"] for s in m["sources"]}
+    assert shas["c.parquet"] == sha256_file(corpus["root"] / "in" / "c.parquet")
+    assert {Path(s["path"]).name: s["train_documents"] + s["eval_documents"] for s in m["sources"]} == \
+        {"a.jsonl": 60, "b.txt": 10, "c.parquet": 20, "empty.txt": 0}
+
+
+def test_documents_round_trip_and_end_with_eos(corpus, prepared):
+    out, m = prepared
+    sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
+    eos = m["tokenizer"]["eos_id"]
+    train, held = read_split(out, "train"), read_split(out, "eval")
+    assert sum(d.size for d in train) == m["splits"]["train"]["tokens"]
+    assert max(int(d.max()) for d in train + held) == m["max_token_id"] < m["tokenizer"]["vocab_size"]
+    decoded = []
+    for doc in train + held:
+        assert doc[-1] == eos and eos not in doc[:-1]
+        decoded.append(sp.decode(doc[:-1].tolist()))
+    assert sorted(decoded) == sorted(corpus["texts"])
+
+
+def test_held_out_is_chosen_by_content(tmp_path):
+    words = vocabulary("d", 20)
+    texts = documents(words, 40, seed=5) * 3  # every document three times, in several files
+    tok = word_level_tokenizer(tmp_path / "tok.json", words)
+    for i in range(3):
+        write_jsonl(tmp_path / "in" / f"{i}.jsonl", texts[i * 40:(i + 1) * 40])
+    prep.prepare(prep.PrepareOptions(inputs=(str(tmp_path / "in"),), out=str(tmp_path / "o"), tokenizer=str(tok),
+                                     eval_docs=4, shard_docs=7, progress=False))
+    train = {tuple(d.tolist()) for d in read_split(tmp_path / "o", "train")}
+    held = [tuple(d.tolist()) for d in read_split(tmp_path / "o", "eval")]
+    assert len(held) == 12 and len(set(held)) == 4  # all copies of 4 distinct documents
+    assert not train.intersection(held)
+
+
+def test_parallel_workers_give_the_same_shards(corpus, prepared, tmp_path):
+    out, m = prepared
+    m2 = prep.prepare(options(corpus, tmp_path, workers=2))
+    assert m2["splits"] == m["splits"] and m2["tokenizer"]["sha256"] == m["tokenizer"]["sha256"]
+    for split in ("train", "eval"):
+        for a, b in zip(read_split(out, split), read_split(tmp_path, split), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_rerun_redoes_only_unfinished_shards(corpus, tmp_path, monkeypatch):
+    first = prep.prepare(options(corpus, tmp_path))
+    (tmp_path / "manifest.json").unlink()  # as if killed before the end ...
+    (tmp_path / "unit-00002.json").unlink()  # ... while chunk 2 was being written
+    (tmp_path / "train-00002.arrayrecord.tmp").write_bytes(b"partial")
+    written = []
+    real = prep._write_task
+    monkeypatch.setattr(prep, "_write_task", lambda args: written.append(args[0].index) or real(args))
+    again = prep.prepare(options(corpus, tmp_path))
+    assert written == [2]
+    assert again == first
+    prep.prepare(options(corpus, tmp_path))  # complete: nothing to do
+    assert written == [2]
+
+
+def test_refuses_a_dir_holding_other_data_unless_overwrite(corpus, prepared, tmp_path):
+    prep.prepare(options(corpus, tmp_path))
+    with pytest.raises(DataError, match="--overwrite"):
+        prep.prepare(options(corpus, tmp_path, eval_docs=3))
+    m = prep.prepare(options(corpus, tmp_path, eval_docs=3, overwrite=True))
+    assert m["splits"]["eval"]["documents"] == 3
+
+
+@pytest.mark.parametrize("files, kw, words", [
+    ({"x.jsonl": b'{"body": "a"}\n{"body": "b"}\n'}, {}, "no record has the field 'text' (its records have: body)"),
+    ({"x.parquet": None}, {}, "has no column 'text'; its columns are content, n"),
+    ({"x.txt": b"", "y.txt": b"\xff\xfe"}, {}, "no documents"),
+    ({"x.jsonl": b'{"text": "waa wab"}\n{"text": "wac"}\n'}, {"eval_docs": 2}, "would hold out all 2"),
+    ({"x.csv": b"a,b\n"}, {}, "unsupported file type '.csv'"),
+    ({"x.jsonl": b'{"text": "waa"}\n'}, {"eos_token": "<eot>"}, "cannot find the EOS token (<eot>)"),
+])
+def test_bad_input_is_refused_clearly(tmp_path, files, kw, words):
+    for name, data in files.items():
+        if data is None:
+            pq.write_table(pa.table({"content": ["a"], "n": [1]}), tmp_path / name)
+        else:
+            (tmp_path / name).write_bytes(data)
+    tok = word_level_tokenizer(tmp_path / "tok" / "tokenizer.json", WORDS)
+    opts = dict(inputs=tuple(str(tmp_path / n) for n in files), out=str(tmp_path / "o"), tokenizer=str(tok),
+                eval_docs=0, progress=False)
+    with pytest.raises(DataError) as err:
+        prep.prepare(prep.PrepareOptions(**{**opts, **kw}))
+    assert words in str(err.value)
+    assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_cli(corpus, tmp_path, capsys):
+    from cpt_jax.cli.main import main
+
+    tok = word_level_tokenizer(tmp_path / "tok" / "tokenizer.json", WORDS)
+    src = str(corpus["root"] / "in" / "a.jsonl")
+    assert main(["prepare", src, "--out", str(tmp_path / "o"), "--tokenizer", str(tok), "--eval-docs", "3",
+                 "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["train_documents"] == 57 and summary["eval_documents"] == 3
+    assert summary["skipped"]["invalid UTF-8"] == 1
+    assert main(["prepare", src, "--out", str(tmp_path / "p"), "--tokenizer", str(tmp_path / "nope.model")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: tokenizer") and "does not exist" in err
+
+
+def test_hf_tokenizer_special_tokens_from_tokenizer_config(tmp_path):
+    from cpt_jax.data.tokenizer import TokenizerSpec, load_tokenizer
+
+    path = word_level_tokenizer(tmp_path / "tokenizer.json", WORDS)
+    assert load_tokenizer(TokenizerSpec(str(path))).eos_id == 1  # '</s>' found by name
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+        {"eos_token": {"content": "wab"}, "bos_token": "waa"}))
+    tok = load_tokenizer(TokenizerSpec(str(path), add_bos=True))
+    assert (tok.eos_id, tok.bos_id) == (3, 2)
+    assert tok.encode_batch(["wac wad"]) == [[2, 4, 5, 3]]
