@@ -10,6 +10,8 @@ skipped with a warning in favour of the one before it.
 from __future__ import annotations
 
 import logging
+import shutil
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -74,15 +76,28 @@ class RunCheckpointer:
         return out["params"], out.get("opt_state") if abstract_opt is not None else None, out["meta"]
 
     def restore_latest_good(self, abstract_params: Any, abstract_opt: Any) -> tuple[Any, Any, dict] | None:
-        """The newest step that restores; broken ones are reported and skipped."""
-        for step in reversed(self.steps()):
-            try:
-                return self.restore(step, abstract_params, abstract_opt)
-            except Exception as e:  # noqa: BLE001 - any failure means this step is unusable
-                msg = f"checkpoint step {step} in {self.directory} could not be restored ({type(e).__name__}: {e}); trying the previous one"
-                warnings.warn(msg, stacklevel=2)
-                log.warning(msg)
-        return None
+        """The newest step that restores. A broken one is reported and moved to
+        `corrupt-checkpoints/` beside `checkpoints/` (kept for inspection, out of orbax's way so
+        the resumed run can save that step again)."""
+        quarantined = False
+        try:
+            for step in reversed(self.steps()):
+                try:
+                    return self.restore(step, abstract_params, abstract_opt)
+                except Exception as e:  # noqa: BLE001 - any failure means this step is unusable
+                    aside = self.directory.parent / "corrupt-checkpoints" / f"{step}-{int(time.time())}"
+                    msg = (f"checkpoint step {step} in {self.directory} could not be restored "
+                           f"({type(e).__name__}: {e}); moved it to {aside} and trying the previous one")
+                    warnings.warn(msg, stacklevel=2)
+                    log.warning(msg)
+                    if jax.process_index() == 0:
+                        aside.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.move(str(self.directory / str(step)), str(aside))
+                    quarantined = True
+            return None
+        finally:
+            if quarantined:
+                self.manager.reload()
 
     def close(self) -> None:
         self.manager.wait_until_finished()

@@ -298,6 +298,7 @@ class Trainer:
                 self.summary["stopped_at"] = step
                 return state, phase_step, True
             if self.stop_after is not None and step >= self.stop_after:
+                self._flush_metrics(pending, phase, t0, tokens_since)  # logged, then "crashed"
                 self.ckpt.wait()
                 self.summary["stopped_at"] = step
                 return state, phase_step, True
