@@ -176,6 +176,10 @@ class RunConfig:
                          f"{', '.join(sorted(self.data.sources)) or 'none'}")
         if self.phases[0].init == "previous":
             fail("phases[0]", "init", "the first phase has no previous phase: use scratch, hf:<dir> or ckpt:<dir>")
+        # Lengths that depend on each phase's budget (warmup + cooldown fit, fractions): checked
+        # now, so a bad plan fails at load time, not after compilation.
+        from cpt_jax.schedules import plan_phases
+        plan_phases([(p.name, p.schedule, n) for p, n in zip(self.phases, self.phase_steps())])
 
 
 def check_mesh_batch(cfg: RunConfig, data_parallel: int) -> None:
