@@ -87,3 +87,11 @@ def test_model_param_count_matches_tree(tiny_model_cfg):
         _, state = abstract_model(cfg)
         n = sum(x.size for x in jax.tree.leaves(state))
         assert n == cfg.num_params()
+
+
+def test_config_reference_is_up_to_date():
+    """configs/REFERENCE.md documents every key; regenerate with tools/gen_config_reference.py."""
+    from pathlib import Path
+    from cpt_jax.config.reference import run_config_reference
+    shipped = Path(__file__).parent.parent.joinpath("configs", "REFERENCE.md").read_text()
+    assert shipped == run_config_reference(), "run: python tools/gen_config_reference.py"

@@ -16,11 +16,11 @@ Remat = Literal["none", "full", "dots", "dots_no_batch"]
 class RopeScalingConfig:
     """Llama 3.1 frequency-dependent RoPE scaling (HF `rope_scaling` with rope_type llama3)."""
 
-    rope_type: Literal["llama3"] = "llama3"
-    factor: float = 8.0
-    low_freq_factor: float = 1.0
-    high_freq_factor: float = 4.0
-    original_max_position_embeddings: int = 8192
+    rope_type: Literal["llama3"] = "llama3"  # the only scaling type supported
+    factor: float = 8.0  # low frequencies are divided by this
+    low_freq_factor: float = 1.0  # wavelengths above orig/low_freq_factor are scaled fully
+    high_freq_factor: float = 4.0  # wavelengths below orig/high_freq_factor are kept
+    original_max_position_embeddings: int = 8192  # context length the base model was trained on
 
     def validate(self, path: str) -> None:
         require(self.factor >= 1.0, path, "factor", "must be >= 1")
@@ -32,26 +32,26 @@ class RopeScalingConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    family: Family = "llama"
-    vocab_size: int = 32000
-    hidden_size: int = 4096
-    intermediate_size: int = 11008
-    num_layers: int = 32
-    num_heads: int = 32
+    family: Family = "llama"  # graph family; sets the HF architecture on export
+    vocab_size: int = 32000  # must cover every token id of the data (checked before training)
+    hidden_size: int = 4096  # d_model
+    intermediate_size: int = 11008  # SwiGLU MLP width
+    num_layers: int = 32  # decoder blocks
+    num_heads: int = 32  # query heads
     num_kv_heads: Optional[int] = None  # None: multi-head attention (= num_heads)
     head_dim: Optional[int] = None  # None: hidden_size // num_heads (Qwen3 sets it freely)
-    rope_theta: float = 10000.0
-    rope_scaling: Optional[RopeScalingConfig] = None
-    rms_norm_eps: float = 1e-6
-    max_position_embeddings: int = 4096
-    tie_embeddings: bool = False
+    rope_theta: float = 10000.0  # RoPE base (Llama 3: 500000)
+    rope_scaling: Optional[RopeScalingConfig] = None  # Llama 3.1+ long-context scaling
+    rms_norm_eps: float = 1e-6  # RMSNorm epsilon
+    max_position_embeddings: int = 4096  # longest sequence the model is meant for; seq_len may not exceed it
+    tie_embeddings: bool = False  # LM head shares the embedding matrix
     qkv_bias: bool = False  # Qwen2
     qk_norm: bool = False  # Qwen3: RMSNorm over each head of q and k
-    param_dtype: DType = "float32"
+    param_dtype: DType = "float32"  # storage dtype of parameters (and optimizer moments)
     dtype: DType = "float32"  # compute dtype
-    remat: Remat = "none"
-    attention: Literal["xla", "cudnn", "auto"] = "auto"
-    initializer_range: float = 0.02
+    remat: Remat = "none"  # rematerialise each block: none, full, or keep matmul outputs (dots)
+    attention: Literal["xla", "cudnn", "auto"] = "auto"  # jax.nn.dot_product_attention implementation
+    initializer_range: float = 0.02  # std of the normal init (scratch runs)
 
     @property
     def kv_heads(self) -> int:

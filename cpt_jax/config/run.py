@@ -18,14 +18,14 @@ from cpt_jax.sharding.mesh import MeshConfig
 class OptimizerConfig:
     """AdamW with global-norm clipping. The learning rate comes from the phase schedules."""
 
-    weight_decay: float = 0.1
-    b1: float = 0.9
-    b2: float = 0.95
-    eps: float = 1e-8
+    weight_decay: float = 0.1  # decoupled (AdamW); matrices only unless decay_norms_and_biases
+    b1: float = 0.9  # Adam first-moment decay
+    b2: float = 0.95  # Adam second-moment decay
+    eps: float = 1e-8  # Adam epsilon
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     z_loss: float = 0.0  # weight of log(Z)^2, keeps logits from drifting (PaLM)
     grad_accum: int = 1  # micro-batches per step; the global batch is split evenly
-    decay_norms_and_biases: bool = False
+    decay_norms_and_biases: bool = False  # also decay 1-D parameters (norm scales, biases)
 
     def validate(self, path: str) -> None:
         require(self.weight_decay >= 0, path, "weight_decay", "must be >= 0")
@@ -47,13 +47,13 @@ class PhaseConfig:
     optimizer state, as a new phase from an upstream model does).
     """
 
-    name: str
-    mixture: dict[str, float]
-    schedule: ScheduleConfig
-    steps: Optional[int] = None
-    tokens: Optional[int] = None
-    init: str = "previous"
-    carry: Literal["params", "params+optimizer"] = "params+optimizer"
+    name: str  # shown in logs, plots and tables
+    mixture: dict[str, float]  # source name -> weight; every batch holds exactly these shares
+    schedule: ScheduleConfig  # this phase's LR curve (see the schedule section)
+    steps: Optional[int] = None  # phase budget in optimizer steps ...
+    tokens: Optional[int] = None  # ... or in tokens (rounded up to whole steps)
+    init: str = "previous"  # scratch, previous, hf:<dir> or ckpt:<dir>[@step]
+    carry: Literal["params", "params+optimizer"] = "params+optimizer"  # what a phase keeps from `previous`
 
     def validate(self, path: str) -> None:
         require((self.steps is None) != (self.tokens is None), path, "steps",
@@ -73,9 +73,9 @@ class PhaseConfig:
 @dataclass(frozen=True)
 class CheckpointConfig:
     every: int = 100  # save every N steps (and always at the end of each phase)
-    keep_last: int = 3
+    keep_last: int = 3  # newest checkpoints kept
     keep_every: int = 0  # also keep every M-th step for good (0: off)
-    async_save: bool = True
+    async_save: bool = True  # write in the background while training goes on
 
     def validate(self, path: str) -> None:
         require(self.every > 0, path, "every", "must be positive")
@@ -97,9 +97,9 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class LogConfig:
-    every: int = 10
-    tensorboard: bool = True
-    progress: bool = True
+    every: int = 10  # progress-bar / TensorBoard cadence (every step goes to metrics.jsonl)
+    tensorboard: bool = True  # also write TensorBoard event files
+    progress: bool = True  # terminal progress bar
 
     def validate(self, path: str) -> None:
         require(self.every > 0, path, "every", "must be positive")
@@ -109,11 +109,11 @@ class LogConfig:
 class DistributedConfig:
     """jax.distributed settings. 'auto' lets JAX detect TPU pods, SLURM and Open MPI."""
 
-    mode: Literal["off", "auto", "manual"] = "off"
+    mode: Literal["off", "auto", "manual"] = "off"  # off: one process
     coordinator: str = ""  # host:port of process 0 (manual)
-    num_processes: int = 1
-    process_id: int = 0
-    timeout_s: int = 300
+    num_processes: int = 1  # manual: total processes
+    process_id: int = 0  # manual: this process (differs per host)
+    timeout_s: int = 300  # give up reaching the coordinator after this long
 
     def validate(self, path: str) -> None:
         if self.mode == "manual":
@@ -126,18 +126,18 @@ class DistributedConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    run_dir: str
-    model: ModelConfig
-    data: DataConfig
-    phases: list[PhaseConfig]
-    mesh: MeshConfig = field(default_factory=MeshConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    run_dir: str  # checkpoints, metrics and reports of this run
+    model: ModelConfig  # architecture
+    data: DataConfig  # sources, sequence length and global batch
+    phases: list[PhaseConfig]  # the plan, run in order
+    mesh: MeshConfig = field(default_factory=MeshConfig)  # may change between a run and its resumption
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)  # AdamW, clipping, z-loss, accumulation
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # orbax cadence and retention
+    eval: EvalConfig = field(default_factory=EvalConfig)  # held-out loss of every source
+    log: LogConfig = field(default_factory=LogConfig)  # progress bar and TensorBoard
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)  # jax.distributed (several hosts)
     tokenizer: str = ""  # sentencepiece .model or tokenizer.json; empty for synthetic data
-    seed: int = 0
+    seed: int = 0  # parameter init (scratch phases)
 
     @property
     def tokens_per_step(self) -> int:

@@ -15,15 +15,15 @@ from cpt_jax.config.base import fail, join, require
 
 @dataclass(frozen=True)
 class SourceConfig:
-    kind: Literal["prepared", "synthetic"] = "prepared"
+    kind: Literal["prepared", "synthetic"] = "prepared"  # files from `cpt-jax prepare`, or generated documents
     path: str = ""  # prepared: the directory written by `cpt-jax prepare`
     # synthetic only: documents are a pure function of (seed, index).
     vocab_size: int = 0  # 0: the model's vocab_size (given to DataPipeline)
-    num_docs: int = 4096
-    eval_docs: int = 64
+    num_docs: int = 4096  # synthetic: training documents
+    eval_docs: int = 64  # synthetic: held-out documents
     min_len: int = 16  # tokens per document, EOS included
-    max_len: int = 256
-    seed: int = 0
+    max_len: int = 256  # synthetic: longest document
+    seed: int = 0  # synthetic: content seed
 
     def validate(self, path: str) -> None:
         if self.kind == "prepared":
@@ -39,9 +39,9 @@ class SourceConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    sources: dict[str, SourceConfig] = field(default_factory=dict)
-    seq_len: int = 128
-    global_batch_size: int = 8
+    sources: dict[str, SourceConfig] = field(default_factory=dict)  # name -> source; phases mix them by name
+    seq_len: int = 128  # tokens per packed row
+    global_batch_size: int = 8  # rows per optimizer step, over all hosts
     seed: int = 0  # shuffling seed; the content of synthetic sources has its own seed
     workers: int = 0  # grain worker processes (0: load in the training process)
     read_threads: int = 2  # threads per process materialising packed rows

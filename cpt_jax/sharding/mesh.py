@@ -24,9 +24,9 @@ class MeshConfig:
     MLP width and vocabulary. On several hosts, keep `tensor` inside one host (fast links).
     """
 
-    data: int = 1
-    fsdp: int = -1
-    tensor: int = 1
+    data: int = 1  # pure data parallelism
+    fsdp: int = -1  # data parallelism with sharded params and optimizer state
+    tensor: int = 1  # tensor parallelism over heads / MLP / vocab
 
     def validate(self, path: str) -> None:
         sizes = [self.data, self.fsdp, self.tensor]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import shutil
 import signal
 import time
@@ -27,6 +26,7 @@ from cpt_jax.cli.errors import UserError
 from cpt_jax.config.base import to_dict
 from cpt_jax.config.run import RunConfig, check_mesh_batch
 from cpt_jax.data import DataPipeline
+from cpt_jax.eval import heldout_losses
 from cpt_jax.schedules import build_plan_schedule
 from cpt_jax.sharding import make_mesh
 from cpt_jax.train.init import phase_start_params
@@ -144,21 +144,14 @@ class Trainer:
     def evaluate(self, params, step: int, phase: int) -> dict[str, float]:
         cfg = self.cfg
         bs = cfg.eval.batch_size or cfg.data.global_batch_size
-        results = {}
-        for source in sorted(self.pipe.eval_sources()):
-            nll, tokens = 0.0, 0.0
-            for batch in self.pipe.eval_batches(source, cfg.eval.batches, bs):
-                local = local_rows(batch, self.process_index, self.process_count)
-                sums = self.eval_step(params, to_global(local, self.batch_sharding, bs))
-                nll += float(sums["nll_sum"])
-                tokens += float(sums["tokens"])
-            loss = nll / max(tokens, 1.0)
-            results[source] = loss
+        results = heldout_losses(
+            self.eval_step, params, self.pipe, cfg.eval.batches, bs,
+            lambda b: to_global(local_rows(b, self.process_index, self.process_count), self.batch_sharding, bs))
+        for source, r in results.items():
             self.writer.write({"kind": "eval", "step": step, "phase": phase, "phase_name": cfg.phases[phase].name,
-                               "source": source, "loss": loss, "ppl": math.exp(min(loss, 50.0)),
-                               "tokens": tokens})
+                               "source": source, **r})
         self.writer.flush()
-        return results
+        return {source: r["loss"] for source, r in results.items()}
 
     # ----------------------------------------------------------------- checkpoints
     def save(self, state: TrainState, phase: int, phase_step: int, data_state: dict) -> None:
