@@ -177,3 +177,122 @@ def test_hf_tokenizer_special_tokens_from_tokenizer_config(tmp_path):
     tok = load_tokenizer(TokenizerSpec(str(path), add_bos=True))
     assert (tok.eos_id, tok.bos_id) == (3, 2)
     assert tok.encode_batch(["wac wad"]) == [[2, 4, 5, 3]]
+
+
+# -- fixed held-out files (--eval-inputs) ----------------------------------------------------------
+
+RARE = "wqq"  # occurs only in the eval files, often enough that a tokenizer trained on them would learn it
+
+
+@pytest.fixture(scope="module")
+def split_corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("split")
+    train, held = documents(WORDS, 40, seed=11), documents(WORDS, 9, seed=12)
+    held[0] = " ".join([RARE] * 300)
+    write_jsonl(root / "train" / "a.jsonl", train[:30])
+    (root / "train" / "b.txt").write_text("\n\n".join(train[30:]) + "\n")
+    write_jsonl(root / "held" / "x.jsonl", held[:6])
+    with open(root / "held" / "x.jsonl", "a") as f:
+        f.write('{"text": ""}\n')  # a bad eval record is reported like any other
+    (root / "held" / "y.txt").write_text("\n\n".join(held[6:]) + "\n")
+    return {"root": root, "train": train, "held": held}
+
+
+def split_options(c, out, **kw):
+    base = dict(inputs=(str(c["root"] / "train"),), eval_inputs=(str(c["root"] / "held"),), out=str(out),
+                train_tokenizer=120, shard_docs=4, read=ReadOptions(txt_split="blank-lines"), progress=False)
+    return prep.PrepareOptions(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def split_prepared(split_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("split_out")
+    lines = []
+    real = prep.train_sentencepiece
+    mp = pytest.MonkeyPatch()
+    mp.setattr(prep, "train_sentencepiece", lambda it, *a, **k: real((lines.append(x) or x for x in it), *a, **k))
+    try:
+        return out, prep.prepare(split_options(split_corpus, out)), lines
+    finally:
+        mp.undo()
+
+
+def decoded(out, split):
+    sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
+    return [sp.decode(d[:-1].tolist()) for d in read_split(out, split)]
+
+
+def test_eval_inputs_are_exactly_the_eval_split(split_corpus, split_prepared):
+    out, m, _ = split_prepared
+    assert sorted(decoded(out, "eval")) == sorted(split_corpus["held"])
+    assert sorted(decoded(out, "train")) == sorted(split_corpus["train"])  # nothing held out by hash
+    train_ids = {tuple(d.tolist()) for d in read_split(out, "train")}
+    assert not train_ids.intersection(tuple(d.tolist()) for d in read_split(out, "eval"))
+    roles = {Path(s["path"]).name: (s["role"], s["sha256"], s["train_documents"], s["eval_documents"])
+             for s in m["sources"]}
+    held = split_corpus["root"] / "held"
+    assert roles["x.jsonl"] == ("eval", sha256_file(held / "x.jsonl"), 0, 6)
+    assert roles["y.txt"] == ("eval", sha256_file(held / "y.txt"), 0, 3)
+    assert roles["a.jsonl"][0] == "train" and roles["a.jsonl"][3] == 0
+    assert [Path(f["path"]).name for f in m["eval_selection"]["eval_files"]] == ["x.jsonl", "y.txt"]
+    assert m["skipped"]["by_reason"] == {"empty document": 1}
+    assert m["skipped"]["records"][0]["file"].endswith("x.jsonl")
+
+
+def test_tokenizer_is_trained_without_the_eval_files(split_corpus, split_prepared):
+    out, _, lines = split_prepared
+    assert sorted(lines) == sorted(split_corpus["train"])  # the trainer saw the training documents only
+    sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
+    assert sp.piece_to_id("▁" + RARE) == sp.unk_id()
+    assert len(sp.encode(RARE)) > 1
+
+
+def test_eval_inputs_rerun_skips_finished_shards(split_corpus, tmp_path, monkeypatch):
+    first = prep.prepare(split_options(split_corpus, tmp_path))
+    last = max(int(p.stem.split("-")[1]) for p in tmp_path.glob("eval-*.arrayrecord"))
+    (tmp_path / "manifest.json").unlink()
+    (tmp_path / f"unit-{last:05d}.json").unlink()  # killed while writing the last eval shard
+    written = []
+    real = prep._write_task
+    monkeypatch.setattr(prep, "_write_task", lambda args: written.append(args[0].index) or real(args))
+    assert prep.prepare(split_options(split_corpus, tmp_path)) == first
+    assert written == [last]
+    # the eval files are part of the input: other eval content is other data
+    other = tmp_path / "other_held.jsonl"
+    write_jsonl(other, documents(WORDS, 3, seed=99))
+    with pytest.raises(DataError, match="--overwrite"):
+        prep.prepare(split_options(split_corpus, tmp_path, eval_inputs=(str(other),)))
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"eval_docs": 5}, "--eval-inputs cannot be combined with --eval-docs/--eval-fraction"),
+    ({"eval_fraction": 0.1}, "--eval-inputs cannot be combined with --eval-docs/--eval-fraction"),
+    ({"eval_inputs": ("train/a.jsonl",)}, "a.jsonl is both a training input and an --eval-inputs file"),
+    ({"eval_inputs": ("copy.jsonl",)}, "has the same content as training input"),
+    ({"eval_inputs": ("nothing.jsonl",)}, "no eval documents"),
+    ({"eval_inputs": ("missing",)}, "--eval-inputs: input"),
+])
+def test_eval_inputs_conflicts_are_refused(split_corpus, tmp_path, kw, words):
+    root = split_corpus["root"]
+    (tmp_path / "copy.jsonl").write_bytes((root / "train" / "a.jsonl").read_bytes())
+    (tmp_path / "nothing.jsonl").write_text('{"text": " "}\n')
+    if "eval_inputs" in kw:
+        kw = {"eval_inputs": tuple(str(root / p if p.startswith("train") else tmp_path / p) for p in kw["eval_inputs"])}
+    with pytest.raises(DataError) as err:
+        prep.prepare(split_options(split_corpus, tmp_path / "o", **kw))
+    assert words in str(err.value)
+    assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_cli_eval_inputs(split_corpus, tmp_path, capsys):
+    from cpt_jax.cli.main import main
+
+    tok = word_level_tokenizer(tmp_path / "tok" / "tokenizer.json", WORDS + [RARE])
+    root = split_corpus["root"]
+    args = ["prepare", str(root / "train"), "--out", str(tmp_path / "o"), "--tokenizer", str(tok),
+            "--txt-split", "blank-lines", "--quiet", "--eval-inputs", str(root / "held" / "x.jsonl")]
+    assert main(args + [str(root / "held" / "y.txt")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["train_documents"], summary["eval_documents"]) == (40, 9)
+    assert main(args + ["--eval-docs", "3"]) == 2
+    assert "--eval-docs/--eval-fraction" in capsys.readouterr().err

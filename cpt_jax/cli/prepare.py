@@ -3,7 +3,8 @@
 Each input .txt file is one document (or one per blank-line separated block with
 --txt-split blank-lines); each .jsonl line and each .parquet row is one document. Every
 document ends with EOS. Held-out documents (--eval-docs / --eval-fraction, chosen by a hash of
-their text) go to their own shards and are never trained on. Interrupted runs resume: rerun the
+their text, or every document of the --eval-inputs files) go to their own shards and are never
+trained on, nor used to train a tokenizer. Interrupted runs resume: rerun the
 same command and finished shards are kept; manifest.json is written last.
 """
 
@@ -31,8 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eos-token", default="", help="tokenizer.json: end-of-document token if not detected")
     parser.add_argument("--add-bos", action="store_true", help="also start every document with BOS")
     held = parser.add_mutually_exclusive_group()
-    held.add_argument("--eval-docs", type=int, default=50, help="held-out documents (default: 50; 0: none)")
+    held.add_argument("--eval-docs", type=int, help="held-out documents (default: 50; 0: none)")
     held.add_argument("--eval-fraction", type=float, default=0.0, help="hold out this fraction instead")
+    parser.add_argument("--eval-inputs", nargs="+", action="extend", default=[], metavar="PATH",
+                        help="files or folders (same formats and --field/--column) whose documents are the "
+                             "whole held-out split; nothing is then held out of INPUT by hash")
     parser.add_argument("--workers", type=int, default=1, help="processes (default: 1)")
     parser.add_argument("--shard-docs", type=int, default=2048, help="input records per shard (default: 2048)")
     parser.add_argument("--overwrite", action="store_true", help="replace data prepared earlier in --out")
@@ -46,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         inputs=tuple(args.inputs), out=args.out, tokenizer=args.tokenizer or "",
         train_tokenizer=args.train_tokenizer or 0, eos_token=args.eos_token, add_bos=args.add_bos,
         read=ReadOptions(field=args.field, column=args.column, txt_split=args.txt_split),
-        eval_docs=0 if args.eval_fraction else args.eval_docs, eval_fraction=args.eval_fraction,
+        eval_docs=args.eval_docs, eval_fraction=args.eval_fraction, eval_inputs=tuple(args.eval_inputs),
         workers=args.workers, shard_docs=args.shard_docs, overwrite=args.overwrite, progress=not args.quiet)
     try:
         manifest = prepare(opts)

@@ -3,7 +3,7 @@
     manifest.json            everything below, written atomically after all shards
     doc_lengths.npz          tokens per document (EOS included), arrays 'train' and 'eval'
     train-00000.arrayrecord  one record per document: token ids as little-endian uint16/uint32
-    eval-00000.arrayrecord   held-out documents of the same chunk of input
+    eval-00000.arrayrecord   held-out documents of the same chunk of input (or of an eval input file)
     unit-00000.json          per chunk of input: input hash, lengths, skips (lets a rerun resume)
 """
 

@@ -4,7 +4,9 @@ Two passes. The scan (one task per file) checksums each file, counts its records
 document's text and notes where chunks of `shard_docs` records start. The held-out split is then
 fixed by content: a document is held out iff its 64-bit text hash is below a cutoff (the
 `eval_docs`-th smallest hash, or `eval_fraction` of the hash range), so exact duplicates of a
-held-out document are held out too and never trained on. The write pass (one task per chunk)
+held-out document are held out too and never trained on. Alternatively `eval_inputs` names whole
+files as the held-out split (a corpus split by source file, so near-duplicates stay on one side);
+then nothing is held out of the training inputs by hash. The write pass (one task per chunk)
 tokenizes a chunk, appends EOS, writes its train and eval shards under temporary names, renames
 them, and writes the chunk's `unit-*.json` last. A rerun skips every chunk whose unit file holds
 the same input hash; the manifest is written last, atomically, so its presence means complete.
@@ -44,8 +46,9 @@ class PrepareOptions:
     eos_token: str = ""
     add_bos: bool = False
     read: ReadOptions = field(default_factory=ReadOptions)
-    eval_docs: int = 50
+    eval_docs: int | None = None  # held out by hash; None: 50, or 0 when eval_inputs are given
     eval_fraction: float = 0.0  # >0: hold out this fraction of documents instead of eval_docs
+    eval_inputs: tuple[str, ...] = ()  # files/folders whose documents are the whole eval split
     workers: int = 1
     shard_docs: int = 2048
     overwrite: bool = False
@@ -56,14 +59,24 @@ class PrepareOptions:
             raise DataError("give exactly one of --tokenizer PATH or --train-tokenizer VOCAB_SIZE")
         if self.train_tokenizer and self.train_tokenizer < 16:
             raise DataError(f"--train-tokenizer {self.train_tokenizer} is too small; use at least 16")
-        if self.eval_docs < 0:
+        if self.eval_docs is not None and self.eval_docs < 0:
             raise DataError(f"--eval-docs must be >= 0, got {self.eval_docs}")
+        if self.eval_inputs and (self.eval_docs or self.eval_fraction):
+            raise DataError("--eval-inputs cannot be combined with --eval-docs/--eval-fraction: the eval files are "
+                            "the whole held-out split; drop one of them")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise DataError(f"--eval-fraction must be in [0, 1), got {self.eval_fraction}")
         if self.workers < 1:
             raise DataError(f"--workers must be >= 1, got {self.workers}")
         if self.shard_docs < 1:
             raise DataError(f"--shard-docs must be >= 1, got {self.shard_docs}")
+
+    @property
+    def hash_eval_docs(self) -> int:
+        """eval_docs with its default resolved: 50, unless eval files replace the hash split."""
+        if self.eval_docs is not None:
+            return self.eval_docs
+        return 0 if self.eval_inputs or self.eval_fraction else 50
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,7 @@ class Unit:
     stop: int
     offset: int  # jsonl: byte offset of record `start`
     input_hash: str
+    held_out: bool = False  # a chunk of an eval input: every document goes to the eval split
 
 
 def prepare(opts: PrepareOptions) -> dict:
@@ -87,15 +101,21 @@ def prepare(opts: PrepareOptions) -> dict:
     if opts.overwrite:
         _clean(out, include_tokenizer=opts.train_tokenizer > 0)
     files = discover(list(opts.inputs))
+    eval_files = _discover_eval(files, opts.eval_inputs)
     if opts.tokenizer:
         load_tokenizer(TokenizerSpec(opts.tokenizer, opts.eos_token, opts.add_bos))  # fail before the long part
-    scans = _run(_scan_task, [(p, fmt, opts.read, opts.shard_docs) for p, fmt in files], opts, "scan")
-    cutoff = _eval_cutoff(scans, opts)
-    config_hash = sha256_json({"format": mf.FORMAT, "files": [[str(s.path), s.sha256] for s in scans],
-                               "read": asdict(opts.read), "tokenizer": opts.tokenizer and str(Path(opts.tokenizer).resolve()),
-                               "train_tokenizer": opts.train_tokenizer, "eos_token": opts.eos_token,
-                               "add_bos": opts.add_bos, "eval_docs": opts.eval_docs,
-                               "eval_fraction": opts.eval_fraction, "shard_docs": opts.shard_docs})
+    all_scans = _run(_scan_task, [(p, fmt, opts.read, opts.shard_docs) for p, fmt in files + eval_files], opts, "scan")
+    scans, eval_scans = all_scans[:len(files)], all_scans[len(files):]
+    _refuse_copies(scans, eval_scans)
+    cutoff = _eval_cutoff(scans, eval_scans, opts)
+    config = {"format": mf.FORMAT, "files": [[str(s.path), s.sha256] for s in scans],
+              "read": asdict(opts.read), "tokenizer": opts.tokenizer and str(Path(opts.tokenizer).resolve()),
+              "train_tokenizer": opts.train_tokenizer, "eos_token": opts.eos_token,
+              "add_bos": opts.add_bos, "eval_docs": opts.hash_eval_docs,
+              "eval_fraction": opts.eval_fraction, "shard_docs": opts.shard_docs}
+    if eval_scans:  # only then, so directories prepared before eval files existed keep their hash
+        config["eval_files"] = [[str(s.path), s.sha256] for s in eval_scans]
+    config_hash = sha256_json(config)
     _refuse_foreign(out, config_hash)
     (out / mf.MANIFEST).unlink(missing_ok=True)  # incomplete from here until the new one is written
 
@@ -109,13 +129,13 @@ def prepare(opts: PrepareOptions) -> dict:
                    f"not {opts.train_tokenizer}")
     dtype = mf.token_dtype(tok.vocab_size)
 
-    units = _plan_units(scans, opts, tok.fingerprint, cutoff, dtype)
+    units = _plan_units(scans, eval_scans, opts, tok.fingerprint, cutoff, dtype)
     pending = [u for u in units if not _unit_done(out, u)]
     if len(pending) < len(units) and opts.progress:
         tqdm.write(f"prepare: {len(units) - len(pending)} of {len(units)} shards already done, skipping them")
     _run(_write_task, [(u, spec, opts.read, cutoff, str(out), dtype.str) for u in pending], opts, "tokenize")
     _remove_stale(out, len(units))
-    manifest = _assemble(out, units, scans, tok, dtype, opts, cutoff, config_hash)
+    manifest = _assemble(out, units, scans, eval_scans, tok, dtype, opts, cutoff, config_hash)
     mf.write_json_atomic(out / mf.MANIFEST, manifest)
     return manifest
 
@@ -142,23 +162,52 @@ def _scan_task(args) -> FileScan:
     return scan_file(path, fmt, read, shard_docs)
 
 
-def _eval_cutoff(scans: list[FileScan], opts: PrepareOptions) -> int:
-    """Documents whose text hash is below the cutoff are held out."""
+def _discover_eval(train_files: list[tuple[Path, str]], eval_inputs: tuple[str, ...]) -> list[tuple[Path, str]]:
+    """The eval input files; a file cannot be both trained on and held out."""
+    if not eval_inputs:
+        return []
+    try:
+        eval_files = discover(list(eval_inputs))
+    except DataError as e:
+        raise DataError(f"--eval-inputs: {e}") from e
+    both = sorted({p for p, _ in train_files} & {p for p, _ in eval_files})
+    if both:
+        raise DataError(f"{both[0]} is both a training input and an --eval-inputs file ({len(both)} such files); "
+                        "list each file on one side only (move held-out files out of the training folders)")
+    return eval_files
+
+
+def _refuse_copies(scans: list[FileScan], eval_scans: list[FileScan]) -> None:
+    """A byte-identical copy of an eval file among the training inputs would leak all of it."""
+    train = {s.sha256: s.path for s in scans if s.records}
+    for s in eval_scans:
+        if s.records and s.sha256 in train:
+            raise DataError(f"eval input {s.path} has the same content as training input {train[s.sha256]}; "
+                            "remove the copy from the training inputs")
+
+
+def _eval_cutoff(scans: list[FileScan], eval_scans: list[FileScan], opts: PrepareOptions) -> int:
+    """Documents of the training inputs whose text hash is below the cutoff are held out."""
     hashes = np.concatenate([s.hashes for s in scans])
     if hashes.size == 0:
         records = sum(s.records for s in scans)
         raise DataError(f"no documents: all {records} records of {len(scans)} input files were empty, invalid "
                         "or lacked the text field/column; check the inputs and --field/--column")
+    if eval_scans and not any(s.hashes.size for s in eval_scans):
+        records = sum(s.records for s in eval_scans)
+        raise DataError(f"no eval documents: all {records} records of {len(eval_scans)} --eval-inputs files were "
+                        "empty, invalid or lacked the text field/column; check them and --field/--column")
+    eval_docs = opts.hash_eval_docs
     if opts.eval_fraction > 0:
         cutoff = min(int(opts.eval_fraction * 2.0**64), 2**64 - 1)
-    elif opts.eval_docs == 0:
+    elif eval_docs == 0:
         cutoff = 0
     else:
         unique = np.unique(hashes)
-        if opts.eval_docs >= unique.size:
-            raise DataError(f"--eval-docs {opts.eval_docs} would hold out all {unique.size} distinct documents; "
+        if eval_docs >= unique.size:
+            raise DataError(f"--eval-docs {eval_docs} would hold out all {unique.size} distinct documents; "
                             "lower it (or use --eval-fraction)")
-        cutoff = int(unique[opts.eval_docs - 1]) + 1
+        cutoff = int(unique[eval_docs - 1]) + 1
     if not np.any(hashes >= np.uint64(cutoff)):
         raise DataError("the held-out split takes every document; lower --eval-docs/--eval-fraction")
     return cutoff
@@ -208,17 +257,18 @@ def _ensure_trained_tokenizer(out: Path, scans: list[FileScan], opts: PrepareOpt
     os.replace(tmp, key_path)
 
 
-def _plan_units(scans, opts, fingerprint, cutoff, dtype) -> list[Unit]:
+def _plan_units(scans, eval_scans, opts, fingerprint, cutoff, dtype) -> list[Unit]:
     units = []
-    for scan in scans:
+    for held_out, scan in [(False, s) for s in scans] + [(True, s) for s in eval_scans]:
         for c in range(math.ceil(scan.records / opts.shard_docs)):
             start, stop = c * opts.shard_docs, min((c + 1) * opts.shard_docs, scan.records)
             offset = scan.chunk_offsets[c] if scan.fmt == "jsonl" else 0
-            input_hash = sha256_json({"format": mf.FORMAT, "file": scan.sha256, "fmt": scan.fmt,
-                                      "read": asdict(opts.read), "start": start, "stop": stop,
-                                      "tokenizer": fingerprint, "eos_token": opts.eos_token,
-                                      "add_bos": opts.add_bos, "cutoff": cutoff, "dtype": dtype.str})
-            units.append(Unit(len(units), str(scan.path), scan.fmt, start, stop, offset, input_hash))
+            key = {"format": mf.FORMAT, "file": scan.sha256, "fmt": scan.fmt, "read": asdict(opts.read),
+                   "start": start, "stop": stop, "tokenizer": fingerprint, "eos_token": opts.eos_token,
+                   "add_bos": opts.add_bos, "cutoff": cutoff, "dtype": dtype.str}
+            if held_out:  # the key says what the unit writes: a training chunk's shards do not depend on eval files
+                key["held_out"] = True
+            units.append(Unit(len(units), str(scan.path), scan.fmt, start, stop, offset, sha256_json(key), held_out))
     return units
 
 
@@ -252,7 +302,7 @@ def _write_task(args) -> int:
             skipped.append([rec.index, rec.reason])
         else:
             texts.append(rec.text)
-            held_out.append(text_hash64(rec.text) < cutoff)
+            held_out.append(unit.held_out or text_hash64(rec.text) < cutoff)
     docs = _tokenizer(spec).encode_batch(texts)
     meta = {"input_hash": unit.input_hash, "file": unit.path, "start": unit.start, "stop": unit.stop,
             "skipped": skipped, "shards": {}, "lengths": {}, "max_token_id": -1}
@@ -295,7 +345,7 @@ def _remove_stale(out: Path, num_units: int) -> None:
                 p.unlink()
 
 
-def _assemble(out, units, scans, tok, dtype, opts, cutoff, config_hash) -> dict:
+def _assemble(out, units, scans, eval_scans, tok, dtype, opts, cutoff, config_hash) -> dict:
     metas = [_read_unit(out, u.index) for u in units]
     if any(m is None or m["input_hash"] != u.input_hash for m, u in zip(metas, units)):
         raise DataError(f"{out}: a shard was not written; rerun the same prepare command")
@@ -311,7 +361,8 @@ def _assemble(out, units, scans, tok, dtype, opts, cutoff, config_hash) -> dict:
 
     # file names come from this run's plan: a unit reused after the inputs moved keeps its old name
     skips = [{"file": u.path, "record": r, "reason": why} for m, u in zip(metas, units) for r, why in m["skipped"]]
-    skips += [{"file": str(s.path), "record": None, "reason": "empty file"} for s in scans if s.records == 0]
+    skips += [{"file": str(s.path), "record": None, "reason": "empty file"}
+              for s in scans + eval_scans if s.records == 0]
     by_reason: dict[str, int] = {}
     for s in skips:
         reason = s["reason"].split(" at byte")[0]
@@ -320,9 +371,10 @@ def _assemble(out, units, scans, tok, dtype, opts, cutoff, config_hash) -> dict:
     for m, u in zip(metas, units):
         by_file.setdefault(u.path, []).append(m)
     sources = []
-    for scan in scans:
+    for role, scan in [("train", s) for s in scans] + [("eval", s) for s in eval_scans]:
         mine = by_file.get(str(scan.path), [])
-        sources.append({"path": str(scan.path), "format": scan.fmt, "sha256": scan.sha256, "records": scan.records,
+        sources.append({"path": str(scan.path), "role": role, "format": scan.fmt, "sha256": scan.sha256,
+                        "records": scan.records,
                         **{f"{split}_documents": sum(len(m["lengths"][split]) for m in mine) for split in mf.SPLITS},
                         "tokens": sum(sum(m["lengths"][split]) for m in mine for split in mf.SPLITS),
                         "skipped": sum(len(m["skipped"]) for m in mine)})
@@ -336,11 +388,23 @@ def _assemble(out, units, scans, tok, dtype, opts, cutoff, config_hash) -> dict:
         "tokens": sum(s["tokens"] for s in splits.values()),
         "splits": splits,
         "lengths_file": mf.LENGTHS,
-        "eval_selection": {"rule": "sha256(text)[:8] as big-endian uint64 < cutoff", "cutoff": str(cutoff),
-                           "eval_docs": opts.eval_docs, "eval_fraction": opts.eval_fraction},
+        "eval_selection": _eval_selection(opts, scans, eval_scans, cutoff),
         "options": {"read": asdict(opts.read), "shard_docs": opts.shard_docs, "eos_token": opts.eos_token,
                     "add_bos": opts.add_bos},
         "sources": sources,
         "skipped": {"count": len(skips), "by_reason": by_reason, "records": skips[:_MAX_LISTED_SKIPS],
                     "listed": min(len(skips), _MAX_LISTED_SKIPS)},
     }
+
+
+def _eval_selection(opts: PrepareOptions, scans: list[FileScan], eval_scans: list[FileScan], cutoff: int) -> dict:
+    if eval_scans:
+        # reported, not removed: with eval files the user fixed the split, and exact copies are their call
+        copies = np.isin(np.concatenate([s.hashes for s in scans]), np.concatenate([s.hashes for s in eval_scans]))
+        if copies.any() and opts.progress:
+            tqdm.write(f"prepare: warning: {int(copies.sum())} training documents are exact copies of eval documents")
+        return {"rule": "every document of the eval files (sources with role 'eval')",
+                "eval_files": [{"path": str(s.path), "sha256": s.sha256} for s in eval_scans],
+                "train_documents_equal_to_eval": int(copies.sum())}
+    return {"rule": "sha256(text)[:8] as big-endian uint64 < cutoff", "cutoff": str(cutoff),
+            "eval_docs": opts.hash_eval_docs, "eval_fraction": opts.eval_fraction}
