@@ -297,7 +297,7 @@ class DataPipeline:
             stream = PackedStream(self.sources[source].eval, key=None)
             if stream.epoch_tokens == 0:
                 raise DataError(f"source '{source}' has no held-out documents; rerun `cpt-jax prepare` with "
-                                "--eval-docs N (or --eval-fraction F)")
+                                "--eval-docs N, --eval-fraction F or --eval-inputs PATH")
             seq = self.cfg.seq_len
             available = math.ceil(stream.epoch_tokens / seq)
             batches = []
