@@ -41,22 +41,23 @@ def check_compatible(loaded: ModelConfig, expected: ModelConfig, where: str) -> 
 
 
 def phase_start_params(init: str, model_cfg: ModelConfig, mesh, shardings, seed: int,
-                       previous: Any, where: str) -> Any:
-    """Parameters a phase starts from, placed on `shardings` (the run's mesh)."""
+                       previous: Any, where: str) -> tuple[Any, dict | None]:
+    """(parameters a phase starts from, placed on `shardings`; where they came from, for export:
+    None keeps the run's current source)."""
     if init == "scratch":
-        return init_params(model_cfg, mesh, seed)
+        return init_params(model_cfg, mesh, seed), {}
     if init == "previous":
         if previous is None:
             raise UserError(f"{where}: init is 'previous' but there is no previous phase in this run")
-        return previous
+        return previous, None
     if init.startswith("hf:"):
         from cpt_jax.hf import load_hf_params
 
         hf_dir = init[3:]
         if not Path(hf_dir).is_dir():
             raise UserError(f"{where}: Hugging Face folder {hf_dir} does not exist")
-        loaded_cfg, params = load_hf_params(hf_dir, model_cfg, shardings)
-        return params
+        _, params, source = load_hf_params(hf_dir, model_cfg, shardings)
+        return params, source
     if init.startswith("ckpt:"):
         from cpt_jax.checkpoint.params import load_model_checkpoint, read_model_config
 
@@ -64,6 +65,6 @@ def phase_start_params(init: str, model_cfg: ModelConfig, mesh, shardings, seed:
         if not Path(path).exists():
             raise UserError(f"{where}: checkpoint {path} does not exist")
         check_compatible(read_model_config(path, step), model_cfg, where)
-        params, _, _ = load_model_checkpoint(path, shardings=shardings, step=step)
-        return params
+        params, _, meta = load_model_checkpoint(path, shardings=shardings, step=step)
+        return params, meta.get("source") or {}
     raise UserError(f"{where}: unknown init {init!r}")

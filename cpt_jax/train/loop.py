@@ -158,7 +158,7 @@ class Trainer:
         step = int(state.step)
         meta = {"model": to_dict(self.cfg.model), "phase": phase, "phase_name": self.cfg.phases[phase].name,
                 "phase_step": phase_step, "data": data_state, "seed": self.cfg.seed,
-                "plan_hash": plan_hash(self.cfg), "source": {"run_dir": str(self.cfg.run_dir)}}
+                "plan_hash": plan_hash(self.cfg), "source": self.source}
         try:
             self.ckpt.save(step, state.params, state.opt_state, meta)
         except OSError as e:
@@ -202,9 +202,11 @@ class Trainer:
             state = TrainState(step=jax.device_put(np.int32(meta["step"]), self.shardings.step),
                                params=params, opt_state=opt_state)
             phase, phase_step = meta["phase"], meta["phase_step"]
+            self.source = meta.get("source") or {}
             resume_point = (meta["step"], phase)
         else:
             state, phase, phase_step, resume_point = None, 0, 0, None
+            self.source = {}  # the upstream model's HF metadata, once a phase imports one
         self.writer = MetricsWriter(cfg.run_dir, enabled=self.is_writer, tensorboard=cfg.log.tensorboard,
                                     resume_point=resume_point)
         total = sum(self.steps)
@@ -237,8 +239,10 @@ class Trainer:
         pc = cfg.phases[phase]
         init = "previous" if (pc.init == "previous") else pc.init
         previous = state.params if state is not None else None
-        params = phase_start_params(init, cfg.model, self.mesh, self.param_shardings, cfg.seed, previous,
-                                    f"phases[{phase}].init")
+        params, source = phase_start_params(init, cfg.model, self.mesh, self.param_shardings, cfg.seed, previous,
+                                            f"phases[{phase}].init")
+        if source is not None:
+            self.source = source
         keep_opt = init == "previous" and pc.carry == "params+optimizer" and state is not None
         if keep_opt:
             state = TrainState(step=state.step, params=params, opt_state=state.opt_state)
