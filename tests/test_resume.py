@@ -204,9 +204,9 @@ def test_phase_from_missing_or_incompatible_checkpoint(reference, tmp_path):
 
 def test_params_only_start_from_a_checkpoint_step(reference, tmp_path):
     """A new run's phase starts from step 12 of the reference (end of pretraining)."""
-    cfg = make_cfg(tmp_path, f"phases.0.init=ckpt:{reference}@12")
     data = apply_overrides(copy.deepcopy(PLAN), [f"run_dir={tmp_path}", f"phases.0.init=ckpt:{reference}@12"])
     data["phases"] = [dict(data["phases"][1], init=f"ckpt:{reference}@12", name="cpt-only")]
+    data["phases"][0]["schedule"] = dict(data["phases"][0]["schedule"], warmup_from=0.0)
     cfg = from_dict(RunConfig, data)
     Trainer(cfg, progress=False).run()
     start = {r["source"]: r["loss"] for r in train_log(tmp_path, "eval") if r["step"] == 0}

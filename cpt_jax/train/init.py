@@ -20,14 +20,20 @@ def parse_ckpt_ref(ref: str) -> tuple[str, int | None]:
     return path, int(step) if step else None
 
 
+def _shapes(cfg: ModelConfig) -> dict:
+    """{key path: shape} of every parameter of the model `cfg` describes."""
+    from flax import nnx
+
+    _, state = abstract_model(cfg)
+    leaves = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(state))[0]
+    return {path: tuple(x.shape) for path, x in leaves}
+
+
 def check_compatible(loaded: ModelConfig, expected: ModelConfig, where: str) -> None:
     """Refuse a start point whose tensors do not match the run's model, naming the first one."""
-    _, want = abstract_model(expected)
-    _, got = abstract_model(loaded)
-    want_shapes = dict(jax.tree_util.tree_flatten_with_path(jax.tree.map(lambda x: x.shape, want))[0])
-    got_shapes = dict(jax.tree_util.tree_flatten_with_path(jax.tree.map(lambda x: x.shape, got))[0])
+    want_shapes, got_shapes = (_shapes(cfg) for cfg in (expected, loaded))
     for path, shape in want_shapes.items():
-        name = jax.tree_util.keystr(path, simple=True, separator=".").removesuffix(".value")
+        name = jax.tree_util.keystr(path, simple=True, separator=".")
         if path not in got_shapes:
             raise UserError(f"{where}: tensor {name} is missing from the start point; its model config "
                             "differs from the run's model section")
