@@ -176,3 +176,20 @@ def test_non_empty_output_refused_without_overwrite(tmp_path):
     with pytest.raises(UserError, match="not empty; choose another folder or pass --overwrite"):
         import_hf(hf_dir, tmp_path / "ck")
     assert (tmp_path / "ck" / "keep.txt").read_text() == "user data"
+
+
+def test_sentencepiece_model_becomes_an_equivalent_hf_tokenizer(tmp_path):
+    from transformers import AutoTokenizer
+    import sentencepiece as spm
+    from cpt_jax.data.tokenizer import train_sentencepiece
+    from cpt_jax.hf.spm_tokenizer import spm_to_hf_tokenizer
+
+    rng = np.random.default_rng(0)
+    words = ["alpha", "beta", "gamma", "delta", "déjà", "vu", "naïve", "x=1", "def", "(self):", "中文"]
+    lines = [" ".join(rng.choice(words, 12)) for _ in range(400)]
+    train_sentencepiece(lines, tmp_path / "sp.model", 600)
+    spm_to_hf_tokenizer(tmp_path / "sp.model", tmp_path, 128)
+    sp, hf = spm.SentencePieceProcessor(model_file=str(tmp_path / "sp.model")), AutoTokenizer.from_pretrained(tmp_path)
+    for text in ["alpha  beta\tgamma\n delta", "  déjà vu ", "naïve x=1 ☃ unseen-chars ü", "def f(self):\n    return 1"]:
+        assert hf(text).input_ids == sp.encode(text), text
+        assert hf.decode(sp.encode(text)) == sp.decode(sp.encode(text))

@@ -153,7 +153,7 @@ def train_sentencepiece(lines: Iterable[str], out_path: Path, vocab_size: int) -
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=_nonempty(lines), model_writer=model, vocab_size=vocab_size,
-            model_type="unigram", character_coverage=1.0 if vocab_size < 4096 else 0.9995,
+            model_type="unigram", character_coverage=0.9995 if vocab_size >= 512 else 1.0,  # rare chars: byte fallback
             byte_fallback=vocab_size >= 512, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
             input_sentence_size=2_000_000, shuffle_input_sentence=True, max_sentence_length=16384,
             hard_vocab_limit=False,  # tiny corpora support fewer pieces: take what the text gives

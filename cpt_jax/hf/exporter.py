@@ -18,6 +18,7 @@ from cpt_jax.checkpoint.params import load_model_checkpoint
 from cpt_jax.cli.errors import UserError
 from cpt_jax.hf.config_map import model_config_to_hf
 from cpt_jax.hf.importer import TOKENIZER_FILES
+from cpt_jax.hf.spm_tokenizer import spm_to_hf_tokenizer
 from cpt_jax.hf.weights import get_path, mappings
 
 DTYPES = {"fp32": (np.float32, "float32"), "bf16": (ml_dtypes.bfloat16, "bfloat16")}
@@ -61,14 +62,12 @@ def _write_tokenizer(files: list[Path], out: Path, hf_config: dict) -> None:
         shutil.copy2(files[0], out / "tokenizer.model")
         names = {"tokenizer.model"}
     if names == {"tokenizer.model"}:
-        # A bare sentencepiece model (trained by `cpt-jax prepare`): describe it for AutoTokenizer.
+        # A bare sentencepiece model (trained by `cpt-jax prepare`): give AutoTokenizer a
+        # tokenizer.json that encodes exactly as sentencepiece does.
         import sentencepiece as spm
+
+        spm_to_hf_tokenizer(out / "tokenizer.model", out, hf_config.get("max_position_embeddings", 4096))
         sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
-        piece = lambda i: sp.id_to_piece(i) if 0 <= i < sp.get_piece_size() else None  # noqa: E731
-        (out / "tokenizer_config.json").write_text(json.dumps({
-            "tokenizer_class": "LlamaTokenizer", "bos_token": piece(sp.bos_id()), "eos_token": piece(sp.eos_id()),
-            "unk_token": piece(sp.unk_id()), "add_bos_token": False, "add_eos_token": False,
-            "legacy": False, "model_max_length": hf_config.get("max_position_embeddings", 4096)}, indent=2))
         hf_config.setdefault("bos_token_id", sp.bos_id())
         hf_config.setdefault("eos_token_id", sp.eos_id())
 
