@@ -189,8 +189,7 @@ def _watchdog(cfg: DistributedConfig) -> Iterator[None]:
     the timer reports like the CLI does (`error: ...`, exit status 2) and ends the process.
     """
     def expire() -> None:
-        address = getattr(getattr(jax._src.distributed, "global_state", None), "coordinator_address", None)
-        address = address or cfg.coordinator or "(not detected)"
+        address = _detected_coordinator() or cfg.coordinator or "(not detected)"
         if cfg.mode == "manual" and cfg.process_id == 0:
             what = (f"not all {cfg.num_processes} processes joined the coordinator this process serves at "
                     f"{address}: start the others with the same distributed.coordinator")
@@ -207,6 +206,17 @@ def _watchdog(cfg: DistributedConfig) -> Iterator[None]:
         yield
     finally:
         timer.cancel()
+
+
+def _detected_coordinator() -> str | None:
+    """The address JAX settled on (auto mode finds it itself); only for error messages, so a
+    change in this private attribute costs the address in the message, nothing else."""
+    try:
+        from jax._src import distributed as jax_distributed
+
+        return jax_distributed.global_state.coordinator_address
+    except (ImportError, AttributeError):
+        return None
 
 
 # ----------------------------------------------------------------------------- agreement
@@ -280,7 +290,7 @@ def check_shared_dir(path: str | Path) -> None:
     from jax.experimental import multihost_utils
 
     path = Path(path)
-    nonce = int(multihost_utils.broadcast_one_to_all(np.array(np.random.default_rng().integers(1 << 62))))
+    nonce = int(multihost_utils.broadcast_one_to_all(np.int32(np.random.default_rng().integers(2**31 - 1))))
     probe = path / f".shared-check-{nonce}"
     if jax.process_index() == 0:
         path.mkdir(parents=True, exist_ok=True)

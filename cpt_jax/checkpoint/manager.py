@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from cpt_jax.cli.errors import UserError
 from cpt_jax.config.run import CheckpointConfig
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,15 @@ class RunCheckpointer:
                 try:
                     return self.restore(step, abstract_params, abstract_opt)
                 except Exception as e:  # noqa: BLE001 - any failure means this step is unusable
+                    if jax.process_count() > 1:
+                        # The other processes may have restored this step and wait in orbax's
+                        # collectives: trying an earlier step here would cross them (seen: a good
+                        # step quarantined as broken). Stop; this process's exit ends the others.
+                        raise UserError(
+                            f"checkpoint step {step} in {self.directory} could not be restored on process "
+                            f"{jax.process_index()} ({type(e).__name__}: {e}); with several processes a broken "
+                            f"step is not skipped automatically: move {self.directory / str(step)} aside and "
+                            "rerun to resume from the step before") from e
                     aside = self.directory.parent / "corrupt-checkpoints" / f"{step}-{int(time.time())}"
                     msg = (f"checkpoint step {step} in {self.directory} could not be restored "
                            f"({type(e).__name__}: {e}); moved it to {aside} and trying the previous one")

@@ -65,18 +65,15 @@ def read_model_config(path: str | Path, step: int | None = None) -> ModelConfig:
 def load_model_checkpoint(path: str | Path, shardings: Any = None, step: int | None = None) -> tuple[Any, ModelConfig, dict]:
     """(params, model config, meta). With `shardings` (a tree like params) the arrays land sharded
     on that mesh; without, on the default device."""
-    from cpt_jax.train.state import abstract_model
+    from cpt_jax.train.state import abstract_params, with_shardings
 
     meta = read_meta(path, step)
     model_cfg = from_dict(ModelConfig, meta["model"], "model")
-    from flax import nnx
-
-    _, abstract = abstract_model(model_cfg)
-    abstract = nnx.to_pure_dict(abstract)
+    abstract = abstract_params(model_cfg)
     if shardings is None:
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         shardings = jax.tree.map(lambda _: device, abstract)
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    target = with_shardings(abstract, shardings)
     mngr = _manager(path)
     try:
         s = _step(mngr, path, step)

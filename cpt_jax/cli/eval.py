@@ -23,16 +23,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     apply_cpu_devices(args.cpu_devices)
     import jax
-    from flax import nnx
 
     from cpt_jax.checkpoint.params import load_model_checkpoint, read_model_config
     from cpt_jax.cli.errors import UserError
     from cpt_jax.config.run import load_run_config
     from cpt_jax.data import DataPipeline
     from cpt_jax.eval import heldout_losses
-    from cpt_jax.sharding import make_mesh, state_shardings
+    from cpt_jax.sharding import make_mesh
     from cpt_jax.train.init import check_compatible, parse_ckpt_ref
-    from cpt_jax.train.state import abstract_model
+    from cpt_jax.train.state import abstract_model, param_shardings
     from cpt_jax.train.step import batch_sharding, make_eval_step
 
     cfg = load_run_config(args.config, args.overrides)
@@ -41,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"checkpoint {path} does not exist; train first or pass --ckpt")
     check_compatible(read_model_config(path, step), cfg.model, "--ckpt")
     mesh = make_mesh(cfg.mesh)
-    graphdef, abstract = abstract_model(cfg.model, mesh)
-    shardings = nnx.to_pure_dict(state_shardings(abstract, mesh))
+    graphdef, _ = abstract_model(cfg.model, mesh)
+    shardings = param_shardings(cfg.model, mesh)
     params, _, meta = load_model_checkpoint(path, shardings=shardings, step=step)
     pipe = DataPipeline(cfg.data, vocab_size=cfg.model.vocab_size)
     pipe.check(vocab_size=cfg.model.vocab_size, tokenizer=cfg.tokenizer or None)

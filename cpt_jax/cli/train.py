@@ -34,10 +34,10 @@ def apply_cpu_devices(n: int) -> None:
 def run(args: argparse.Namespace) -> int:
     apply_cpu_devices(args.cpu_devices)
     from cpt_jax.config.run import load_run_config
-    from cpt_jax.distributed import initialize
+    from cpt_jax.distributed import start
 
     cfg = load_run_config(args.config, args.overrides)
-    initialize(cfg.distributed)
+    cfg = start(cfg, force_new=args.force_new)
     from cpt_jax.train.loop import TrainingDiverged, train
 
     try:

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from cpt_jax.cli.errors import UserError
 from cpt_jax.config.model import ModelConfig
 from cpt_jax.hf.config_map import hf_to_model_config
-from cpt_jax.hf.weights import mappings, set_path
+from cpt_jax.hf.weights import get_path, mappings, set_path
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "generation_config.json", "added_tokens.json", "vocab.json", "merges.txt")
@@ -78,32 +78,24 @@ def load_hf_params(hf_dir: str | Path, expected: ModelConfig | None, shardings: 
                    dtype: str = "float32") -> tuple[ModelConfig, Any, dict]:
     """(model config, params placed on `shardings`, source metadata for later export)."""
     from cpt_jax.train.init import check_compatible
-    from cpt_jax.train.state import abstract_model
-    from flax import nnx
+    from cpt_jax.train.state import abstract_params
 
     hf = read_hf_config(hf_dir)
     cfg = hf_to_model_config(hf, dtype=dtype)
     if expected is not None:
         check_compatible(cfg, expected, f"hf:{hf_dir}")
         cfg = expected
-    _, abstract = abstract_model(cfg)
-    shapes = nnx.to_pure_dict(jax.tree.map(lambda x: x.shape, abstract))
+    shapes = jax.tree.map(lambda x: x.shape, abstract_params(cfg))
     params: dict = {}
     for m, name, y in iter_hf_params(hf_dir, cfg):
-        want = _get(shapes, m.path)
+        want = get_path(shapes, m.path)
         if tuple(y.shape) != tuple(want):
             raise UserError(f"tensor {name!r} in {hf_dir} has a shape that gives {tuple(y.shape)} for "
                             f"{'.'.join(map(str, m.path))}, expected {tuple(want)} from config.json")
-        sharding = _get(shardings, m.path) if shardings is not None else None
+        sharding = get_path(shardings, m.path) if shardings is not None else None
         set_path(params, m.path, jax.device_put(y, sharding) if sharding is not None else jax.numpy.asarray(y))
     source = {"hf_dir": str(Path(hf_dir).absolute()), "architectures": hf.get("architectures"), "hf_config": hf}
     return cfg, params, source
-
-
-def _get(tree, path):
-    for key in path:
-        tree = tree[key]
-    return tree
 
 
 def import_hf(hf_dir: str | Path, out_dir: str | Path, *, dtype: str = "float32", overwrite: bool = False,

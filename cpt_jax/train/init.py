@@ -9,7 +9,7 @@ import jax
 
 from cpt_jax.cli.errors import UserError
 from cpt_jax.config.model import ModelConfig
-from cpt_jax.train.state import abstract_model, init_params
+from cpt_jax.train.state import abstract_params, init_params
 
 
 def parse_ckpt_ref(ref: str) -> tuple[str, int | None]:
@@ -22,10 +22,7 @@ def parse_ckpt_ref(ref: str) -> tuple[str, int | None]:
 
 def _shapes(cfg: ModelConfig) -> dict:
     """{key path: shape} of every parameter of the model `cfg` describes."""
-    from flax import nnx
-
-    _, state = abstract_model(cfg)
-    leaves = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(state))[0]
+    leaves = jax.tree_util.tree_flatten_with_path(abstract_params(cfg))[0]
     return {path: tuple(x.shape) for path, x in leaves}
 
 

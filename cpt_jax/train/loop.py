@@ -26,14 +26,16 @@ from cpt_jax.cli.errors import UserError
 from cpt_jax.config.base import to_dict
 from cpt_jax.config.run import RunConfig, check_mesh_batch
 from cpt_jax.data import DataPipeline
+from cpt_jax.data.pipeline import host_row_range
+from cpt_jax.distributed import processes_where
 from cpt_jax.eval import heldout_losses
 from cpt_jax.schedules import build_plan_schedule
 from cpt_jax.sharding import make_mesh
 from cpt_jax.train.init import phase_start_params
 from cpt_jax.train.metrics import MetricsWriter, Progress
 from cpt_jax.train.mfu import device_peak_flops
-from cpt_jax.train.state import (TrainState, abstract_model, make_optimizer, new_train_state,
-                                 train_state_shardings)
+from cpt_jax.train.state import (TrainState, abstract_model, abstract_params, make_optimizer, new_train_state,
+                                 param_shardings, train_state_shardings, with_shardings)
 from cpt_jax.train.step import batch_sharding, jit_train_step, make_eval_step, make_train_step
 
 # Config sections that may change between a run and its resumption (a different mesh or
@@ -91,10 +93,12 @@ def stop_requests():
             signal.signal(s, h)
 
 
-def local_rows(batch: dict, index: int, count: int) -> dict:
-    rows = next(iter(batch.values())).shape[0]
-    per = rows // count
-    return {k: v[index * per:(index + 1) * per] for k, v in batch.items()}
+def local_rows(batch: dict, sharding) -> dict:
+    """The rows of a whole batch that this process's devices hold: not always 1/process_count
+    of them (a mesh axis across processes that does not split the batch, e.g. tensor)."""
+    rows, seq = next(iter(batch.values())).shape
+    lo, hi = host_row_range(sharding, rows, seq)
+    return {k: v[lo:hi] for k, v in batch.items()}
 
 
 def to_global(batch: dict, sharding, global_rows: int) -> dict:
@@ -122,17 +126,12 @@ class Trainer:
         self.steps = cfg.phase_steps()
         self.starts = cfg.phase_starts()
         self.schedule = build_plan_schedule([(p.name, p.schedule, n) for p, n in zip(cfg.phases, self.steps)])
-        self.graphdef, abstract = abstract_model(cfg.model, self.mesh)
-        from flax import nnx
-        from cpt_jax.sharding import state_shardings
-        self.param_shardings = nnx.to_pure_dict(state_shardings(abstract, self.mesh))
-        self.abstract_params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                            nnx.to_pure_dict(abstract), self.param_shardings)
+        self.graphdef, _ = abstract_model(cfg.model, self.mesh)
+        self.param_shardings = param_shardings(cfg.model, self.mesh)
         self.tx = make_optimizer(cfg.optimizer)
+        self.abstract_params = with_shardings(abstract_params(cfg.model), self.param_shardings)
         self.shardings = train_state_shardings(self.tx, self.param_shardings, self.abstract_params, self.mesh)
-        abstract_opt = jax.eval_shape(self.tx.init, self.abstract_params)
-        self.abstract_opt = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                         abstract_opt, self.shardings.opt_state)
+        self.abstract_opt = with_shardings(jax.eval_shape(self.tx.init, self.abstract_params), self.shardings.opt_state)
         step_fn = make_train_step(self.graphdef, self.tx, self.schedule, cfg.optimizer, self.mesh)
         self.train_step = jit_train_step(step_fn, self.shardings, self.mesh)
         self.eval_step = make_eval_step(self.graphdef, self.param_shardings, self.mesh)
@@ -146,7 +145,7 @@ class Trainer:
         bs = cfg.eval.batch_size or cfg.data.global_batch_size
         results = heldout_losses(
             self.eval_step, params, self.pipe, cfg.eval.batches, bs,
-            lambda b: to_global(local_rows(b, self.process_index, self.process_count), self.batch_sharding, bs))
+            lambda b: to_global(local_rows(b, self.batch_sharding), self.batch_sharding, bs))
         for source, r in results.items():
             self.writer.write({"kind": "eval", "step": step, "phase": phase, "phase_name": cfg.phases[phase].name,
                                "source": source, **r})
@@ -184,7 +183,6 @@ class Trainer:
                                        "resume from it")
             self.writer.write({"kind": "train", "step": step, "phase": phase, "phase_step": phase_step,
                                **{k: float(v) for k, v in m.items()}, "tokens_per_s": tok_s, "mfu": mfu})
-        last_step, _, _ = pending[-1]
         m = fetched[-1]
         self.bar.update(len(pending), {"phase": self.cfg.phases[phase].name, "loss": f"{m['loss']:.4f}",
                                        "lr": f"{m['lr']:.2e}", "tok/s": f"{tok_s:,.0f}", "mfu": f"{mfu:.1%}"})
@@ -210,7 +208,8 @@ class Trainer:
         self.writer = MetricsWriter(cfg.run_dir, enabled=self.is_writer, tensorboard=cfg.log.tensorboard,
                                     resume_point=resume_point)
         total = sum(self.steps)
-        self.bar = Progress(total, int(state.step) if state is not None else 0, self.progress and self.is_writer)
+        self.bar = Progress(total, int(state.step) if state is not None else 0, self.progress and self.is_writer,
+                            echo=self.is_writer)
         if restored is not None:
             self.bar.write(f"resuming {cfg.run_dir} at step {meta['step']} (phase {cfg.phases[phase].name!r}, "
                            f"step {phase_step}/{self.steps[phase]})")
@@ -233,6 +232,19 @@ class Trainer:
             self.bar.close()
             self.writer.close()
             self.ckpt.close()
+
+    def _stop_requested(self, stop: dict, sync_point: bool) -> str | None:
+        """Why to stop after this step, the same answer on every process. A signal reaches each
+        process at a different step and saving is collective, so several processes agree at sync
+        points (every log.every steps at the latest), where the host waits for the device anyway."""
+        if self.process_count == 1:
+            return f"{stop['signal']} received" if stop["signal"] else None
+        if not sync_point:
+            return None
+        who = processes_where(stop["signal"] is not None)
+        if not who:
+            return None
+        return f"{stop['signal']} received" if stop["signal"] else f"stop requested on process {who[0]}"
 
     def _enter_phase(self, phase: int, state: TrainState | None) -> TrainState:
         cfg = self.cfg
@@ -261,7 +273,8 @@ class Trainer:
         # the plan), so replay never re-reads what phase 0 already trained on.
         start_tokens = self.pipe.phase_start_tokens([(p.mixture, n) for p, n in zip(cfg.phases, self.steps)], phase)
         it = self.pipe.train_iterator(pc.mixture, phase=phase, start_step=phase_step, start_tokens=start_tokens,
-                                      process_index=self.process_index, process_count=self.process_count)
+                                      row_range=host_row_range(self.batch_sharding, cfg.data.global_batch_size,
+                                                               cfg.data.seq_len))
         if phase_step == 0:
             self.bar.write(f"mixture: {self.pipe.plan(pc.mixture).describe()}")
         pending: list = []
@@ -281,17 +294,19 @@ class Trainer:
             end = phase_step == n
             want_eval = end or step % cfg.eval.every == 0
             want_save = end or step % cfg.checkpoint.every == 0
-            if want_eval or want_save or len(pending) >= cfg.log.every or stop["signal"]:
+            sync_point = want_eval or want_save or len(pending) >= cfg.log.every
+            stopping = self._stop_requested(stop, sync_point)
+            if sync_point or stopping:
                 self._flush_metrics(pending, phase, t0, tokens_since)
                 t0, tokens_since = time.perf_counter(), 0.0
             if want_eval:
                 losses = self.evaluate(state.params, step, phase)
                 self.bar.write(f"step {step} eval: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
-            if want_save or stop["signal"]:
+            if want_save or stopping:
                 self.save(state, phase, phase_step, it.state())
-            if stop["signal"]:
+            if stopping:
                 self.ckpt.wait()
-                self.bar.write(f"{stop['signal']} received: saved step {step}; rerun the same command to resume")
+                self.bar.write(f"{stopping}: saved step {step}; rerun the same command to resume")
                 self.summary["stopped_at"] = step
                 return state, phase_step, True
             if self.stop_after is not None and step >= self.stop_after:

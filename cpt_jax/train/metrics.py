@@ -79,8 +79,11 @@ class MetricsWriter:
 class Progress:
     """A tqdm bar over the whole plan with loss, LR, tokens/s, MFU and ETA."""
 
-    def __init__(self, total: int, initial: int, enabled: bool):
+    def __init__(self, total: int, initial: int, enabled: bool, echo: bool = True):
+        """echo: print log lines when the bar is off (False on processes other than 0, so a
+        multi-host launch shows each line once)."""
         self.bar = None
+        self.echo = echo
         if enabled:
             from tqdm import tqdm
             self.bar = tqdm(total=total, initial=initial, unit="step", file=sys.stderr,
@@ -95,7 +98,7 @@ class Progress:
     def write(self, line: str) -> None:
         if self.bar is not None:
             self.bar.write(line, file=sys.stderr)
-        else:
+        elif self.echo:
             print(line, file=sys.stderr)
 
     def close(self) -> None:

@@ -31,6 +31,16 @@ def abstract_model(cfg: ModelConfig, mesh: Mesh | None = None, rules=DEFAULT_RUL
     return graphdef, state
 
 
+def abstract_params(cfg: ModelConfig):
+    """Shape/dtype tree of the parameters, as a pure dict."""
+    return nnx.to_pure_dict(abstract_model(cfg)[1])
+
+
+def with_shardings(abstract: Any, shardings: Any) -> Any:
+    """Attach target shardings to a shape/dtype tree (what orbax restores onto)."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+
+
 def param_shardings(cfg: ModelConfig, mesh: Mesh, rules=DEFAULT_RULES):
     _, state = abstract_model(cfg, mesh, rules)
     return nnx.to_pure_dict(state_shardings(state, mesh, rules))
