@@ -1,0 +1,78 @@
+"""The embedded demo, at its test size: a real CPT story from the standard library's text."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "XLA_FLAGS": ""}  # the demo runs on the one real CPU device
+    proc = subprocess.run([sys.executable, "-m", "cpt_jax", "demo", "--size", "test", "--out", str(out), "--no-progress"],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc.stdout
+
+
+def test_report_has_table_curves_lr_plot_and_sample(demo):
+    out, stdout = demo
+    report = (out / "report" / "README.md").read_text()
+    for run in ("pretrain", "replay", "no-replay"):
+        assert f"| {run} |" in report
+    assert "## Sample from the final model" in report and "def read_config(path):" in report
+    for png in ("learning_forgetting.png", "lr.png"):
+        data = (out / "report" / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    assert report in stdout  # the demo prints its report
+
+
+def test_learning_and_replay_reduces_forgetting(demo):
+    out, _ = demo
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    final = summary["final"]
+    # Phase 1 learned code in both variants ...
+    pre = final["pretrain"]
+    assert final["replay"]["code"] < pre["code"] - 0.3 and final["no-replay"]["code"] < pre["code"] - 0.3
+    # ... and both forgot prose, the run with 5% replay less so.
+    forgot = summary["forgetting"]
+    assert forgot["no-replay"] > 0
+    assert forgot["replay"] < forgot["no-replay"], forgot
+
+
+def test_exported_model_and_tokenizer_load_in_transformers(demo):
+    import numpy as np
+    import sentencepiece as spm
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out, _ = demo
+    model = AutoModelForCausalLM.from_pretrained(out / "hf_model", dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(out / "hf_model")
+    sp = spm.SentencePieceProcessor(model_file=str(out / "data" / "tokenizer.model"))
+    text = "def parse(self, text):\n    return text.split()"
+    assert tok(text).input_ids == sp.encode(text)
+    ids = torch.as_tensor([sp.encode(text)])
+    with torch.no_grad():
+        loss = float(model(ids, labels=ids).loss)
+    assert np.isfinite(loss) and loss < np.log(sp.get_piece_size())  # better than uniform: it learned
+
+
+def test_demo_plans_are_runnable_configs(demo):
+    from cpt_jax.config.run import load_run_config
+    out, _ = demo
+    plans = sorted((out / "plans").glob("*.yaml"))
+    assert [p.stem for p in plans] == ["no-replay", "pretrain", "replay"]
+    replay = load_run_config(out / "plans" / "replay.yaml")
+    assert replay.phases[0].mixture == {"code": 0.95, "prose": 0.05}
+    # Rerunning a finished plan resumes at its end and does nothing else.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "XLA_FLAGS": ""}
+    proc = subprocess.run([sys.executable, "-m", "cpt_jax", "train", str(out / "plans" / "replay.yaml"), "--no-progress"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "resuming" in proc.stderr, proc.stderr[-2000:]
