@@ -1,6 +1,5 @@
 """Config loading: unknown keys, wrong types and impossible values name the key and the fix."""
 
-import textwrap
 
 import pytest
 

@@ -2,7 +2,6 @@
 other meshes, divergence and bad plans. Each run is a real `Trainer` (or the CLI) on fake devices."""
 
 import copy
-import json
 import os
 import signal
 import subprocess

@@ -1,7 +1,6 @@
 """The sharded train step: same math on every mesh, parameters sharded as the rules say, it learns."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest

@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from cpt_jax.cli.errors import UserError
-from cpt_jax.config.base import from_dict, to_dict
+from cpt_jax.config.base import ConfigError, from_dict, to_dict
 from cpt_jax.config.model import ModelConfig
 
 FORMAT = "cpt_jax.model/1"
+ITEMS = ("params", "meta")
+# Files a model checkpoint keeps in tokenizer/ (whichever the source has).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "generation_config.json", "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja")
 
 
 def manager_dir(path: str | Path) -> Path:
@@ -27,86 +33,143 @@ def manager_dir(path: str | Path) -> Path:
     return path / "checkpoints" if (path / "checkpoints").is_dir() else path
 
 
-def _manager(path: str | Path) -> ocp.CheckpointManager:
+@contextmanager
+def _open(path: str | Path, step: int | None) -> Iterator[tuple[ocp.CheckpointManager, int]]:
+    """The step's manager, closed on exit; `step` None means the latest."""
     directory = manager_dir(path)
     if not directory.is_dir():
         raise UserError(f"{path} is not a cpt_jax checkpoint (no such directory)")
-    return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False),
-                                 item_names=("params", "meta"))
-
-
-def _step(mngr: ocp.CheckpointManager, path, step: int | None) -> int:
-    steps = sorted(mngr.all_steps())
-    if not steps:
-        raise UserError(f"{path} holds no checkpoint steps; is it the output of import-hf or a run_dir?")
-    if step is None:
-        return steps[-1]
-    if step not in steps:
-        raise UserError(f"{path} has no step {step}; it has {', '.join(map(str, steps))}")
-    return step
-
-
-def read_meta(path: str | Path, step: int | None = None) -> dict:
-    mngr = _manager(path)
+    mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False), item_names=ITEMS)
     try:
-        s = _step(mngr, path, step)
-        return mngr.restore(s, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        steps = sorted(mngr.all_steps())
+        if not steps:
+            raise UserError(f"{path} holds no checkpoint steps; pass the output of import-hf or a run directory")
+        if step is not None and step not in steps:
+            raise UserError(f"{path} has no step {step}; it has {', '.join(map(str, steps))}")
+        yield mngr, steps[-1] if step is None else step
     finally:
         mngr.close()
 
 
+def _read_meta(mngr: ocp.CheckpointManager, step: int, path) -> dict:
+    meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    if not isinstance(meta, dict) or "model" not in meta:
+        raise UserError(f"{path} step {step} has no model config in its metadata; it was not written by cpt_jax")
+    return {**meta, "step": step}
+
+
+def read_meta(path: str | Path, step: int | None = None) -> dict:
+    """The step's metadata (model config, source, ...), with `step` set to the step read."""
+    with _open(path, step) as (mngr, s):
+        return _read_meta(mngr, s, path)
+
+
+def _model_config(meta: dict, path) -> ModelConfig:
+    try:
+        return from_dict(ModelConfig, meta["model"], "model")
+    except ConfigError as e:
+        raise UserError(f"{path}: the model config in its metadata is not valid for this cpt_jax: {e}") from e
+
+
 def read_model_config(path: str | Path, step: int | None = None) -> ModelConfig:
-    meta = read_meta(path, step)
-    if "model" not in meta:
-        raise UserError(f"{path} step metadata has no model config; it was not written by cpt_jax")
-    return from_dict(ModelConfig, meta["model"], "model")
+    return _model_config(read_meta(path, step), path)
 
 
 def load_model_checkpoint(path: str | Path, shardings: Any = None, step: int | None = None) -> tuple[Any, ModelConfig, dict]:
     """(params, model config, meta). With `shardings` (a tree like params) the arrays land sharded
-    on that mesh; without, on the default device."""
+    on that mesh, whatever mesh saved them; without, on the default device."""
     from cpt_jax.train.state import abstract_params, with_shardings
 
-    meta = read_meta(path, step)
-    model_cfg = from_dict(ModelConfig, meta["model"], "model")
-    abstract = abstract_params(model_cfg)
-    if shardings is None:
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        shardings = jax.tree.map(lambda _: device, abstract)
-    target = with_shardings(abstract, shardings)
-    mngr = _manager(path)
-    try:
-        s = _step(mngr, path, step)
+    with _open(path, step) as (mngr, s):
+        meta = _read_meta(mngr, s, path)
+        model_cfg = _model_config(meta, path)
+        abstract = abstract_params(model_cfg)
+        if shardings is None:
+            device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+            shardings = jax.tree.map(lambda _: device, abstract)
+        target = with_shardings(abstract, shardings)
         params = mngr.restore(s, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))["params"]
-    finally:
-        mngr.close()
-    return params, model_cfg, {**meta, "step": s}
+    return params, model_cfg, meta
 
 
-def save_model_checkpoint(out_dir: str | Path, params: Any, model_cfg: ModelConfig, meta_extra: dict,
-                          tokenizer_files: list[Path] = (), overwrite: bool = False) -> Path:
-    """Write step 0 (`params`, `meta`) and `tokenizer/` into a temporary sibling, then rename it
-    into place: the output is whole or absent."""
+class HostParamReader:
+    """Reads one step's parameters to host numpy a subtree at a time (orbax partial restore), so
+    a consumer such as the HF exporter holds one layer in memory, never the whole model, and
+    needs no accelerator."""
+
+    def __init__(self, path: str | Path, step: int | None = None):
+        self._ctx = _open(path, step)
+        self._mngr, self.step = self._ctx.__enter__()
+        try:
+            self.meta = _read_meta(self._mngr, self.step, path)
+            self.model_cfg = _model_config(self.meta, path)
+        except BaseException:
+            self.close()
+            raise
+
+    def read(self, subtree: dict) -> dict:
+        """`subtree`: nested dict (a part of the param tree) of ShapeDtypeStructs -> numpy arrays."""
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), subtree)
+        args = ocp.args.PyTreeRestore(item=subtree, restore_args=restore_args, partial_restore=True)
+        return self._mngr.restore(self.step, args=ocp.args.Composite(params=args))["params"]
+
+    def close(self) -> None:
+        self._ctx.__exit__(None, None, None)
+
+    def __enter__(self) -> "HostParamReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def check_output_dir(out: Path, overwrite: bool, *protected: Path) -> None:
+    """Refuse a non-empty output (unless overwrite) and an output whose replacement would delete
+    an input (the input itself or a folder holding it)."""
+    out = out.absolute()
+    for p in protected:
+        p = Path(p).absolute()
+        if out == p or out in p.parents:
+            raise UserError(f"output {out} would replace the input {p}; write to a separate folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise UserError(f"{out} is not empty; choose another folder or pass --overwrite")
+
+
+@contextmanager
+def staged_output(out_dir: str | Path) -> Iterator[Path]:
+    """A temporary sibling of `out_dir` that replaces it only when the block succeeds: the
+    output is whole or absent, never half-written."""
     out = Path(out_dir).absolute()
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise UserError(f"{out} is not empty; choose another folder or pass --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        mngr = ocp.CheckpointManager(tmp, item_names=("params", "meta"))
-        meta = {**meta_extra, "model": to_dict(model_cfg), "format": FORMAT, "step": 0}
-        mngr.save(0, args=ocp.args.Composite(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)))
-        mngr.wait_until_finished()
-        mngr.close()
-        if tokenizer_files:
-            (tmp / "tokenizer").mkdir()
-            for f in tokenizer_files:
-                shutil.copy2(f, tmp / "tokenizer" / f.name)
-        if out.exists():
+        yield tmp
+        if out.is_dir():
             shutil.rmtree(out)
+        elif out.exists():
+            out.unlink()
         tmp.rename(out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_model_checkpoint(out_dir: str | Path, params: Any, model_cfg: ModelConfig, meta_extra: dict,
+                          tokenizer_dir: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Write step 0 (`params`, `meta`) and `tokenizer/` (the TOKENIZER_FILES found in
+    `tokenizer_dir`) as one orbax CheckpointManager directory, whole or not at all."""
+    out = Path(out_dir).absolute()
+    check_output_dir(out, overwrite)
+    with staged_output(out) as tmp:
+        mngr = ocp.CheckpointManager(tmp, item_names=ITEMS)
+        meta = {**meta_extra, "model": to_dict(model_cfg), "format": FORMAT}
+        mngr.save(0, args=ocp.args.Composite(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)))
+        mngr.wait_until_finished()
+        mngr.close()
+        found = [Path(tokenizer_dir) / n for n in TOKENIZER_FILES] if tokenizer_dir else []
+        found = [f for f in found if f.is_file()]
+        if found:
+            (tmp / "tokenizer").mkdir()
+            for f in found:
+                shutil.copy2(f, tmp / "tokenizer" / f.name)
     return out

@@ -1,24 +1,32 @@
-"""Export a cpt_jax checkpoint or run directory to a Hugging Face folder (safetensors)."""
+"""Export a cpt_jax run or model checkpoint to a Hugging Face folder (safetensors).
+
+Reads the checkpoint one layer at a time on the host (no accelerator needed), writes
+config.json with the source's architecture and extra keys, generation_config.json, safetensors
+shards (with model.safetensors.index.json when there are several) and the tokenizer files.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+DTYPES = {"fp32": "fp32", "bf16": "bf16", "float32": "fp32", "bfloat16": "bf16"}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("ckpt_dir", help="a run directory (latest step) or a model checkpoint")
+    parser.add_argument("ckpt_dir", help="a run directory or a model checkpoint (from import-hf)")
     parser.add_argument("out_dir", help="new Hugging Face folder")
-    parser.add_argument("--dtype", choices=["bf16", "fp32"], default="fp32")
-    parser.add_argument("--max-shard-size", default="5GB", help="split safetensors files above this size")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer file to ship (default: the run's or the source's)")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="dtype of the written tensors")
+    parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors file, e.g. 5GB or 500MB")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    parser.add_argument("--tokenizer", default=None,
+                        help="tokenizer file to ship (default: the run's, else the imported model's)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty out_dir")
 
 
 def run(args: argparse.Namespace) -> int:
     from cpt_jax.hf import export_hf
 
-    out = export_hf(args.ckpt_dir, args.out_dir, dtype=args.dtype, max_shard_size=args.max_shard_size,
-                    step=args.step, overwrite=args.overwrite, tokenizer_file=args.tokenizer)
+    out = export_hf(args.ckpt_dir, args.out_dir, dtype=DTYPES[args.dtype], max_shard_size=args.max_shard_size,
+                    step=args.step, overwrite=args.overwrite, tokenizer_file=args.tokenizer, progress=True)
     print(f"exported {args.ckpt_dir} -> {out} (load with transformers.AutoModelForCausalLM.from_pretrained)")
     return 0

@@ -29,7 +29,7 @@ def _docstring_nodes(tree: ast.AST):
             body = node.body
             if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
                     and isinstance(body[0].value.value, str):
-                yield node, body[0]
+                yield node
 
 
 def split_file(source: str) -> tuple[list[str], str] | None:
@@ -39,7 +39,7 @@ def split_file(source: str) -> tuple[list[str], str] | None:
     except (SyntaxError, ValueError):
         return None
     docs = []
-    for node, expr in _docstring_nodes(tree):
+    for node in list(_docstring_nodes(tree)):
         text = ast.get_docstring(node, clean=True)
         if text and len(text.split()) >= 8:
             docs.append(text)

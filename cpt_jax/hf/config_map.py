@@ -1,9 +1,11 @@
-"""HF config.json <-> ModelConfig, refusing what the cpt_jax graph cannot honour."""
+"""HF config.json <-> ModelConfig, refusing whatever the cpt_jax graph cannot honour."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from cpt_jax.cli.errors import UserError
-from cpt_jax.config.base import to_dict
+from cpt_jax.config.base import ConfigError, from_dict, to_dict
 from cpt_jax.config.model import ModelConfig, RopeScalingConfig
 
 # architectures[0] -> (family, model_type)
@@ -15,67 +17,118 @@ ARCHITECTURES = {
 }
 FAMILY_ARCH = {family: (arch, model_type) for arch, (family, model_type) in ARCHITECTURES.items()}
 
+# What transformers (5.x) assumes for a key that config.json leaves out, where it differs by
+# family or from a plain default; tests/test_hf_config.py checks this table against transformers.
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "llama": {"max_position_embeddings": 2048, "num_key_value_heads": None, "head_dim": None,
+              "sliding_window": None},
+    "mistral": {"max_position_embeddings": 131072, "num_key_value_heads": 8, "head_dim": None,
+                "sliding_window": 4096},
+    "qwen2": {"max_position_embeddings": 32768, "num_key_value_heads": 32, "head_dim": None,
+              "sliding_window": None},
+    "qwen3": {"max_position_embeddings": 32768, "num_key_value_heads": 32, "head_dim": 128,
+              "sliding_window": None},
+}
+COMMON_DEFAULTS = {"rms_norm_eps": 1e-6, "tie_word_embeddings": False, "hidden_act": "silu", "rope_theta": 10000.0}
+REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+# Keys of the source config.json that describe the source file rather than the model: not copied on export.
+DROPPED_ON_EXPORT = ("rope_scaling", "rope_theta", "rope_parameters", "torch_dtype", "dtype", "transformers_version",
+                     "_name_or_path", "auto_map", "quantization_config")
+
 
 def _refuse(key: str, why: str) -> None:
-    raise UserError(f"config.json key '{key}': {why}; cpt_jax cannot honour it, so it refuses to import")
+    raise UserError(f"config.json key '{key}': {why}; the cpt_jax graph cannot honour it, so it is not imported")
+
+
+def _get(hf: dict, family: str, key: str) -> Any:
+    if key in hf:
+        return hf[key]
+    return FAMILY_DEFAULTS[family].get(key, COMMON_DEFAULTS.get(key))
 
 
 def _rope(hf: dict) -> tuple[float, RopeScalingConfig | None]:
     """transformers >= 5 writes `rope_parameters`; older checkpoints `rope_theta` + `rope_scaling`."""
-    params = dict(hf.get("rope_parameters") or {})
-    scaling = hf.get("rope_scaling") or {}
-    theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
-    spec = {**scaling, **params}
+    key = "rope_parameters" if hf.get("rope_parameters") else "rope_scaling"
+    spec = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
+    theta = float(spec.get("rope_theta", hf.get("rope_theta", COMMON_DEFAULTS["rope_theta"])))
+    partial = spec.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+    if partial != 1.0:
+        _refuse("partial_rotary_factor", f"rotary embedding on part of each head ({partial})")
     rope_type = spec.get("rope_type", spec.get("type", "default"))
     if rope_type in ("default", None):
         return theta, None
     if rope_type != "llama3":
-        _refuse("rope_scaling" if scaling else "rope_parameters", f"rope type {rope_type!r} is not supported (only default and llama3)")
-    return theta, RopeScalingConfig(
-        factor=float(spec["factor"]), low_freq_factor=float(spec["low_freq_factor"]),
-        high_freq_factor=float(spec["high_freq_factor"]),
-        original_max_position_embeddings=int(spec["original_max_position_embeddings"]))
+        _refuse(key, f"rope type {rope_type!r} is not supported (only 'default' and 'llama3')")
+    missing = [k for k in LLAMA3_KEYS if k not in spec]
+    if missing:
+        _refuse(f"{key}.{missing[0]}", "llama3 rope scaling needs it and it is missing")
+    try:
+        scaling = from_dict(RopeScalingConfig, {"rope_type": "llama3", **{k: spec[k] for k in LLAMA3_KEYS}}, key)
+    except ConfigError as e:
+        raise UserError(f"config.json: {e}") from e
+    return theta, scaling
 
 
-def hf_to_model_config(hf: dict, dtype: str = "float32") -> ModelConfig:
+def _check_supported(hf: dict, family: str) -> None:
+    if hf.get("quantization_config"):
+        _refuse("quantization_config", "quantized weights; import the unquantized (bf16/fp32) checkpoint")
+    act = _get(hf, family, "hidden_act")
+    if act not in ("silu", "swish"):
+        _refuse("hidden_act", f"{act!r} (only silu, i.e. SwiGLU)")
+    if hf.get("mlp_bias"):
+        _refuse("mlp_bias", "MLP biases are not part of the supported graph")
+    if family != "qwen2" and hf.get("attention_bias"):
+        _refuse("attention_bias", "biases on the q/k/v/o projections")
+    window = _get(hf, family, "sliding_window")
+    if family == "mistral" and window is not None and window < _get(hf, family, "max_position_embeddings"):
+        _refuse("sliding_window", f"sliding-window attention over {window} tokens")
+    if family in ("qwen2", "qwen3") and hf.get("use_sliding_window"):
+        _refuse("use_sliding_window", "sliding-window attention")
+    kinds = set(hf.get("layer_types") or ()) - {"full_attention"}
+    if kinds:
+        _refuse("layer_types", f"layers of type {sorted(kinds)} (only full_attention)")
+    for key in REQUIRED:
+        if key not in hf:
+            raise UserError(f"config.json has no '{key}'; it is not a complete Hugging Face model config")
+
+
+def hf_config_to_model_config(hf: dict, dtype: str = "float32") -> ModelConfig:
+    """ModelConfig of an HF config.json (parameters fp32; `dtype` is the compute dtype)."""
     archs = hf.get("architectures") or []
     arch = archs[0] if archs else None
     if arch not in ARCHITECTURES:
-        raise UserError(f"unsupported architecture {arch!r}; supported: {', '.join(ARCHITECTURES)}")
+        raise UserError(f"config.json: unsupported architecture {arch!r}; supported: {', '.join(ARCHITECTURES)}")
     family, _ = ARCHITECTURES[arch]
-    if hf.get("hidden_act", "silu") != "silu":
-        _refuse("hidden_act", f"{hf['hidden_act']!r} (only silu / SwiGLU)")
-    if hf.get("mlp_bias"):
-        _refuse("mlp_bias", "MLP biases are not part of the supported graph")
-    if family in ("llama", "mistral", "qwen3") and hf.get("attention_bias"):
-        _refuse("attention_bias", "biases on q/k/v/o projections")
-    if family == "mistral" and hf.get("sliding_window") and hf["sliding_window"] < hf.get("max_position_embeddings", 0):
-        _refuse("sliding_window", f"sliding-window attention ({hf['sliding_window']} tokens)")
-    if family in ("qwen2", "qwen3") and hf.get("use_sliding_window"):
-        _refuse("use_sliding_window", "sliding-window attention")
+    _check_supported(hf, family)
     theta, scaling = _rope(hf)
     heads = hf["num_attention_heads"]
-    head_dim = hf.get("head_dim")
+    head_dim = _get(hf, family, "head_dim")
     if head_dim == hf["hidden_size"] // heads:
         head_dim = None
-    return ModelConfig(
+    model = dict(
         family=family, vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
         intermediate_size=hf["intermediate_size"], num_layers=hf["num_hidden_layers"], num_heads=heads,
-        num_kv_heads=hf.get("num_key_value_heads") or heads, head_dim=head_dim, rope_theta=theta,
-        rope_scaling=scaling, rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        max_position_embeddings=hf.get("max_position_embeddings", 4096),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)), qkv_bias=family == "qwen2",
-        qk_norm=family == "qwen3", param_dtype="float32", dtype=dtype)
+        num_kv_heads=_get(hf, family, "num_key_value_heads") or heads, head_dim=head_dim, rope_theta=theta,
+        rope_scaling=to_dict(scaling) if scaling else None, rms_norm_eps=float(_get(hf, family, "rms_norm_eps")),
+        max_position_embeddings=_get(hf, family, "max_position_embeddings"),
+        tie_embeddings=bool(_get(hf, family, "tie_word_embeddings")), qkv_bias=family == "qwen2",
+        qk_norm=family == "qwen3", param_dtype="float32", dtype=dtype,
+        initializer_range=float(hf.get("initializer_range", 0.02)))
+    try:
+        return from_dict(ModelConfig, model, "model")
+    except ConfigError as e:
+        raise UserError(f"config.json describes a model cpt_jax cannot build: {e}") from e
 
 
-def model_config_to_hf(cfg: ModelConfig, source: dict | None = None, dtype: str = "float32") -> dict:
-    """config.json for `cfg`; keys of the source checkpoint that still hold (token ids, ...) are kept."""
+def model_config_to_hf_config(cfg: ModelConfig, source: dict | None = None, dtype: str = "float32") -> dict:
+    """config.json for `cfg`. Keys of the source checkpoint's config that still hold (token ids,
+    use_cache, ...) are kept; every key that shapes the graph is written from `cfg`."""
     arch, model_type = FAMILY_ARCH[cfg.family]
-    hf = {k: v for k, v in (source or {}).items()
-          if k not in ("rope_scaling", "rope_theta", "rope_parameters", "torch_dtype", "transformers_version")}
+    hf = {k: v for k, v in (source or {}).items() if k not in DROPPED_ON_EXPORT}
     rope = {"rope_type": "default", "rope_theta": cfg.rope_theta}
     if cfg.rope_scaling is not None:
-        rope = {**{k: v for k, v in to_dict(cfg.rope_scaling).items()}, "rope_theta": cfg.rope_theta}
+        rope = {**to_dict(cfg.rope_scaling), "rope_theta": cfg.rope_theta}
     hf.update({
         "architectures": [arch], "model_type": model_type, "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
@@ -84,13 +137,19 @@ def model_config_to_hf(cfg: ModelConfig, source: dict | None = None, dtype: str 
         "rms_norm_eps": cfg.rms_norm_eps, "max_position_embeddings": cfg.max_position_embeddings,
         "tie_word_embeddings": cfg.tie_embeddings, "rope_parameters": rope, "dtype": dtype,
     })
-    if cfg.family in ("llama", "mistral"):
-        hf.update({"attention_bias": False, "mlp_bias": False})
-    if cfg.family == "qwen3":
-        hf.setdefault("attention_bias", False)
+    hf.setdefault("initializer_range", cfg.initializer_range)
+    if cfg.family in ("llama", "mistral", "qwen3"):
+        hf["attention_bias"] = False
+    if cfg.family == "llama":
+        hf["mlp_bias"] = False
     if cfg.family in ("qwen2", "qwen3"):
         hf.update({"use_sliding_window": False, "sliding_window": None,
                    "layer_types": ["full_attention"] * cfg.num_layers})
     if cfg.family == "mistral":
         hf["sliding_window"] = None
     return hf
+
+
+# Earlier names (benchmarks/bench_step.py uses them).
+hf_to_model_config = hf_config_to_model_config
+model_config_to_hf = model_config_to_hf_config

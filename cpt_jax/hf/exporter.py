@@ -1,46 +1,41 @@
-"""Export a cpt_jax checkpoint or run to a Hugging Face folder, streaming shard by shard."""
+"""Export a cpt_jax checkpoint or run to a Hugging Face folder, streaming layer by layer."""
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
-import tempfile
+import warnings
 from pathlib import Path
 
 import jax
 import ml_dtypes
 import numpy as np
 import yaml
-from safetensors.numpy import save_file
+from tqdm import tqdm
 
-from cpt_jax.checkpoint.params import load_model_checkpoint
+from cpt_jax.checkpoint.params import (TOKENIZER_FILES, HostParamReader, check_output_dir, manager_dir,
+                                       staged_output)
 from cpt_jax.cli.errors import UserError
-from cpt_jax.hf.config_map import model_config_to_hf
-from cpt_jax.hf.importer import TOKENIZER_FILES
+from cpt_jax.config.model import ModelConfig
+from cpt_jax.hf.config_map import model_config_to_hf_config
+from cpt_jax.hf.safetensors_io import ShardWriter, parse_size
 from cpt_jax.hf.spm_tokenizer import spm_to_hf_tokenizer
-from cpt_jax.hf.weights import get_path, mappings
+from cpt_jax.hf.weights import Mapping, get_path, mappings, set_path
 
 DTYPES = {"fp32": (np.float32, "float32"), "bf16": (ml_dtypes.bfloat16, "bfloat16")}
-
-
-def parse_size(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?B)?\s*", text.upper())
-    if not m:
-        raise UserError(f"--max-shard-size {text!r}: write it like 5GB, 500MB or 1000000")
-    scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, None: 1}[m.group(2)]
-    return int(float(m.group(1)) * scale)
+GENERATION_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 
 def _tokenizer_files(ckpt: Path, meta: dict, tokenizer_file: str | Path | None) -> list[Path]:
-    """Where the tokenizer lives: the model checkpoint's copy, the HF folder it came from, or the
-    run's configured tokenizer (its HF siblings, or a sentencepiece .model)."""
+    """Where the tokenizer lives: the run's configured tokenizer (its HF siblings, or a bare
+    sentencepiece .model), the model checkpoint's copy, or the HF folder the weights came from."""
     candidates = [ckpt / "tokenizer"]
     hf_dir = (meta.get("source") or {}).get("hf_dir")
     if hf_dir:
         candidates.append(Path(hf_dir))
     if tokenizer_file is None and (ckpt / "config.yaml").is_file():
-        tokenizer_file = (yaml.safe_load((ckpt / "config.yaml").read_text())["config"].get("tokenizer") or None)
+        run = yaml.safe_load((ckpt / "config.yaml").read_text()) or {}
+        tokenizer_file = (run.get("config") or {}).get("tokenizer") or None
     if tokenizer_file:
         tokenizer_file = Path(tokenizer_file)
         if tokenizer_file.suffix == ".model":
@@ -54,16 +49,15 @@ def _tokenizer_files(ckpt: Path, meta: dict, tokenizer_file: str | Path | None) 
 
 
 def _write_tokenizer(files: list[Path], out: Path, hf_config: dict) -> None:
+    """Copy the tokenizer files. A bare sentencepiece model (trained by `cpt-jax prepare`) also
+    gets a tokenizer.json that encodes exactly as sentencepiece does, so AutoTokenizer loads it."""
+    if not files:
+        warnings.warn("no tokenizer found for this checkpoint; the export has weights and config only "
+                      "(pass --tokenizer to include one)", stacklevel=3)
+        return
     for f in files:
-        if f.name != "generation_config.json":
-            shutil.copy2(f, out / f.name)
-    names = {f.name for f in files}
-    if names == {files[0].name} and files[0].suffix == ".model" and files[0].name != "tokenizer.model":
-        shutil.copy2(files[0], out / "tokenizer.model")
-        names = {"tokenizer.model"}
-    if names == {"tokenizer.model"}:
-        # A bare sentencepiece model (trained by `cpt-jax prepare`): give AutoTokenizer a
-        # tokenizer.json that encodes exactly as sentencepiece does.
+        shutil.copy2(f, out / ("tokenizer.model" if f.suffix == ".model" else f.name))
+    if len(files) == 1 and files[0].suffix == ".model":
         import sentencepiece as spm
 
         spm_to_hf_tokenizer(out / "tokenizer.model", out, hf_config.get("max_position_embeddings", 4096))
@@ -72,64 +66,63 @@ def _write_tokenizer(files: list[Path], out: Path, hf_config: dict) -> None:
         hf_config.setdefault("eos_token_id", sp.eos_id())
 
 
+def _write_generation_config(out: Path, hf_config: dict) -> None:
+    """The source's generation_config.json (copied with the tokenizer) is kept; otherwise one
+    is made from the token ids of config.json, as transformers does."""
+    if not (out / "generation_config.json").is_file():
+        gen = {k: hf_config[k] for k in GENERATION_KEYS if hf_config.get(k) is not None}
+        (out / "generation_config.json").write_text(json.dumps(gen, indent=2))
+
+
+def _groups(cfg: ModelConfig) -> dict[tuple, list[Mapping]]:
+    groups: dict[tuple, list[Mapping]] = {}
+    for m in mappings(cfg):
+        groups.setdefault(m.group, []).append(m)
+    return groups
+
+
+def _write_weights(reader: HostParamReader, out: Path, np_dtype, max_bytes: int, progress: bool) -> None:
+    """One layer at a time from the checkpoint to host memory, each tensor converted to HF
+    layout and handed to the shard writer, which writes every file as soon as it is full."""
+    from cpt_jax.train.state import abstract_params
+
+    cfg = reader.model_cfg
+    abstract = abstract_params(cfg)
+    writer = ShardWriter(out, max_bytes)
+    bar = tqdm(total=len(mappings(cfg)), desc="export", unit="tensor", disable=not progress)
+    for group in _groups(cfg).values():
+        wanted: dict = {}
+        for m in group:
+            x = get_path(abstract, m.path)
+            set_path(wanted, m.path, jax.ShapeDtypeStruct(x.shape, x.dtype))
+        host = reader.read(wanted)
+        for m in group:
+            x = np.asarray(get_path(host, m.path), dtype=np.float32)
+            writer.add(m.hf_name, m.to_hf(x).astype(np_dtype, copy=False))
+            bar.update()
+        del host
+    bar.close()
+    writer.finish()
+
+
 def export_hf(ckpt_dir: str | Path, out_dir: str | Path, *, dtype: str = "fp32", max_shard_size: str = "5GB",
-              step: int | None = None, overwrite: bool = False, tokenizer_file: str | Path | None = None) -> Path:
+              step: int | None = None, overwrite: bool = False, tokenizer_file: str | Path | None = None,
+              progress: bool = False) -> Path:
+    """A model checkpoint or run directory (latest step, or `step`) -> HF folder that
+    `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained` load."""
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     np_dtype, dtype_name = DTYPES[dtype]
-    limit = parse_size(max_shard_size)
-    ckpt = Path(ckpt_dir)
-    out = Path(out_dir).absolute()
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"{out} is not empty; choose another folder or pass --overwrite")
-    params, cfg, meta = load_model_checkpoint(ckpt, step=step)
-    source = meta.get("source") or {}
-    hf_config = model_config_to_hf(cfg, source.get("hf_config"), dtype=dtype_name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        shards: list[dict[str, np.ndarray]] = []
-        current: dict[str, np.ndarray] = {}
-        size, weight_map, total = 0, {}, 0
-        written = []
-
-        def flush():
-            nonlocal current, size
-            if current:
-                name = f"part-{len(written):05d}.safetensors"
-                save_file(current, tmp / name, metadata={"format": "pt"})
-                written.append((name, list(current)))
-                current, size = {}, 0
-
-        for m in mappings(cfg):
-            # One parameter at a time comes to the host: peak memory is one shard, not the model.
-            x = m.to_hf(np.asarray(jax.device_get(get_path(params, m.path)), np.float32)).astype(np_dtype)
-            x = np.ascontiguousarray(x)
-            if size and size + x.nbytes > limit:
-                flush()
-            current[m.hf_name] = x
-            size += x.nbytes
-            total += x.nbytes
-        flush()
-        del shards
-        if len(written) == 1:
-            (tmp / written[0][0]).rename(tmp / "model.safetensors")
-        else:
-            n = len(written)
-            for i, (name, names) in enumerate(written):
-                final = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-                (tmp / name).rename(tmp / final)
-                weight_map.update({t: final for t in names})
-            (tmp / "model.safetensors.index.json").write_text(json.dumps(
-                {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-        _write_tokenizer(_tokenizer_files(ckpt, meta, tokenizer_file), tmp, hf_config)
-        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
-        gen = {k: hf_config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if hf_config.get(k) is not None}
-        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    max_bytes = parse_size(max_shard_size)
+    ckpt, out = Path(ckpt_dir), Path(out_dir).absolute()
+    check_output_dir(out, overwrite, ckpt, manager_dir(ckpt))
+    with HostParamReader(ckpt, step) as reader:
+        source = reader.meta.get("source") or {}
+        hf_config = model_config_to_hf_config(reader.model_cfg, source.get("hf_config"), dtype=dtype_name)
+        tokenizer = _tokenizer_files(ckpt, reader.meta, tokenizer_file)
+        with staged_output(out) as tmp:
+            _write_weights(reader, tmp, np_dtype, max_bytes, progress)
+            _write_tokenizer(tokenizer, tmp, hf_config)
+            (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
+            _write_generation_config(tmp, hf_config)
     return out
