@@ -103,7 +103,7 @@ def hf_logits(hf_dir_or_model, tokens, attention_mask=None, position_ids=None):
     model = hf_dir_or_model
     if isinstance(model, (str, Path)):
         model, _ = load_hf_model(Path(model))
-    as_t = lambda a: None if a is None else torch.as_tensor(np.asarray(a), dtype=torch.long)  # noqa: E731
+    as_t = lambda a: None if a is None else torch.as_tensor(np.asarray(a), dtype=torch.long)
     with torch.no_grad():
         out = model(as_t(tokens), attention_mask=as_t(attention_mask), position_ids=as_t(position_ids))
     return out.logits.float().numpy()

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import numpy as np
@@ -22,6 +23,7 @@ from cpt_jax.config.model import ModelConfig
 
 FORMAT = "cpt_jax.model/1"
 ITEMS = ("params", "meta")
+SAVE_HOST_GB = 0.5  # host copies in flight while saving (one larger tensor goes alone)
 # Files a model checkpoint keeps in tokenizer/ (whichever the source has).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "generation_config.json", "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja")
@@ -98,8 +100,8 @@ class HostParamReader:
     needs no accelerator."""
 
     def __init__(self, path: str | Path, step: int | None = None):
-        self._ctx = _open(path, step)
-        self._mngr, self.step = self._ctx.__enter__()
+        self._stack = ExitStack()
+        self._mngr, self.step = self._stack.enter_context(_open(path, step))
         try:
             self.meta = _read_meta(self._mngr, self.step, path)
             self.model_cfg = _model_config(self.meta, path)
@@ -114,9 +116,9 @@ class HostParamReader:
         return self._mngr.restore(self.step, args=ocp.args.Composite(params=args))["params"]
 
     def close(self) -> None:
-        self._ctx.__exit__(None, None, None)
+        self._stack.close()
 
-    def __enter__(self) -> "HostParamReader":
+    def __enter__(self) -> HostParamReader:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -161,9 +163,15 @@ def save_model_checkpoint(out_dir: str | Path, params: Any, model_cfg: ModelConf
     out = Path(out_dir).absolute()
     check_output_dir(out, overwrite)
     with staged_output(out) as tmp:
-        mngr = ocp.CheckpointManager(tmp, item_names=ITEMS)
+        # The same files StandardSave writes (StandardRestore reads them), through the handler that
+        # can bound host copies: by default orbax copies every array to host at once, which for
+        # parameters already in host memory (an import without a mesh) doubles the peak.
+        bounded = ocp.PyTreeCheckpointHandler(save_device_host_concurrent_gb=SAVE_HOST_GB,
+                                              save_concurrent_gb=SAVE_HOST_GB)
+        handlers = {"params": bounded, "meta": ocp.JsonCheckpointHandler()}
+        mngr = ocp.CheckpointManager(tmp, item_names=ITEMS, item_handlers=handlers)
         meta = {**meta_extra, "model": to_dict(model_cfg), "format": FORMAT}
-        mngr.save(0, args=ocp.args.Composite(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)))
+        mngr.save(0, args=ocp.args.Composite(params=ocp.args.PyTreeSave(params), meta=ocp.args.JsonSave(meta)))
         mngr.wait_until_finished()
         mngr.close()
         found = [Path(tokenizer_dir) / n for n in TOKENIZER_FILES] if tokenizer_dir else []

@@ -126,9 +126,8 @@ def model_config_to_hf_config(cfg: ModelConfig, source: dict | None = None, dtyp
     use_cache, ...) are kept; every key that shapes the graph is written from `cfg`."""
     arch, model_type = FAMILY_ARCH[cfg.family]
     hf = {k: v for k, v in (source or {}).items() if k not in DROPPED_ON_EXPORT}
-    rope = {"rope_type": "default", "rope_theta": cfg.rope_theta}
-    if cfg.rope_scaling is not None:
-        rope = {**to_dict(cfg.rope_scaling), "rope_theta": cfg.rope_theta}
+    scaling = to_dict(cfg.rope_scaling) if cfg.rope_scaling is not None else None
+    rope = {**(scaling or {"rope_type": "default"}), "rope_theta": cfg.rope_theta}
     hf.update({
         "architectures": [arch], "model_type": model_type, "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
@@ -136,6 +135,9 @@ def model_config_to_hf_config(cfg: ModelConfig, source: dict | None = None, dtyp
         "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.dim_per_head, "hidden_act": "silu",
         "rms_norm_eps": cfg.rms_norm_eps, "max_position_embeddings": cfg.max_position_embeddings,
         "tie_word_embeddings": cfg.tie_embeddings, "rope_parameters": rope, "dtype": dtype,
+        # The same in the transformers 4 spelling, which other tools (vLLM, llama.cpp's converter,
+        # older transformers) read; transformers 5 accepts both.
+        "rope_theta": cfg.rope_theta, "rope_scaling": scaling, "torch_dtype": dtype,
     })
     hf.setdefault("initializer_range", cfg.initializer_range)
     if cfg.family in ("llama", "mistral", "qwen3"):

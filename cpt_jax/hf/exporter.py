@@ -13,8 +13,13 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from cpt_jax.checkpoint.params import (TOKENIZER_FILES, HostParamReader, check_output_dir, manager_dir,
-                                       staged_output)
+from cpt_jax.checkpoint.params import (
+    TOKENIZER_FILES,
+    HostParamReader,
+    check_output_dir,
+    manager_dir,
+    staged_output,
+)
 from cpt_jax.cli.errors import UserError
 from cpt_jax.config.model import ModelConfig
 from cpt_jax.hf.config_map import model_config_to_hf_config

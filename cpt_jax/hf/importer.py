@@ -8,13 +8,19 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from tqdm import tqdm
 
 from cpt_jax.checkpoint.params import check_output_dir, save_model_checkpoint
 from cpt_jax.cli.errors import UserError
 from cpt_jax.config.model import ModelConfig
 from cpt_jax.hf.config_map import hf_config_to_model_config
-from cpt_jax.hf.safetensors_io import READABLE_DTYPES, read_tensors, tensor_files, tensor_headers
+from cpt_jax.hf.safetensors_io import (
+    READABLE_DTYPES,
+    read_tensors,
+    tensor_files,
+    tensor_headers,
+)
 from cpt_jax.hf.weights import Mapping, get_path, mappings, set_path
 
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # a buffer some old exports contain; recomputed from the config
@@ -75,10 +81,15 @@ def load_hf_params(hf_dir: str | Path, expected: ModelConfig | None, shardings: 
     host = jax.local_devices(backend="cpu")[0]
     params: dict = {}
     bar = tqdm(total=len(by_name), desc="import", unit="tensor", disable=not progress)
-    for name, x in read_tensors(files, by_name, dtype=jnp.dtype(cfg.param_dtype)):
+    dtype = jnp.dtype(cfg.param_dtype)
+    for name, view in read_tensors(files, by_name):
         m = by_name[name]
         target = get_path(shardings, m.path) if shardings is not None else host
-        set_path(params, m.path, jax.device_put(m.to_jax(x), target))
+        # The one copy out of the file: layout (to_jax gives views), dtype and C order at once;
+        # device_put of a Fortran-order array would make further temporary copies.
+        x = np.array(m.to_jax(view), dtype=dtype, order="C")
+        del view
+        set_path(params, m.path, jax.device_put(x, target))
         bar.update()
     bar.close()
     source = {"hf_dir": str(hf_dir.absolute()), "architectures": hf.get("architectures"), "hf_config": hf}
