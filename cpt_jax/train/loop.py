@@ -26,7 +26,7 @@ from cpt_jax.cli.errors import UserError
 from cpt_jax.config.base import to_dict
 from cpt_jax.config.run import RunConfig, check_mesh_batch
 from cpt_jax.data import DataPipeline
-from cpt_jax.data.pipeline import host_row_range
+from cpt_jax.data.pipeline import host_row_range, to_global_batch
 from cpt_jax.distributed import processes_where
 from cpt_jax.eval import heldout_losses
 from cpt_jax.schedules import build_plan_schedule
@@ -101,12 +101,6 @@ def local_rows(batch: dict, sharding) -> dict:
     return {k: v[lo:hi] for k, v in batch.items()}
 
 
-def to_global(batch: dict, sharding, global_rows: int) -> dict:
-    """Host-local rows -> one global array per key (each process passes only its slice)."""
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v), (global_rows, *v.shape[1:]))
-            for k, v in batch.items()}
-
-
 @dataclass
 class Trainer:
     cfg: RunConfig
@@ -145,7 +139,7 @@ class Trainer:
         bs = cfg.eval.batch_size or cfg.data.global_batch_size
         results = heldout_losses(
             self.eval_step, params, self.pipe, cfg.eval.batches, bs,
-            lambda b: to_global(local_rows(b, self.batch_sharding), self.batch_sharding, bs))
+            lambda b: to_global_batch(local_rows(b, self.batch_sharding), self.batch_sharding, bs))
         for source, r in results.items():
             self.writer.write({"kind": "eval", "step": step, "phase": phase, "phase_name": cfg.phases[phase].name,
                                "source": source, **r})
@@ -281,7 +275,7 @@ class Trainer:
         t0, tokens_since = time.perf_counter(), 0.0
         rows = cfg.data.global_batch_size
         while phase_step < n:
-            batch = to_global(next(it), self.batch_sharding, rows)
+            batch = to_global_batch(next(it), self.batch_sharding, rows)
             state, metrics = self.train_step(state, batch)
             if pending:
                 # One step in flight at most: enough to overlap host work with the device, and it
