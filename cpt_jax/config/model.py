@@ -50,7 +50,7 @@ class ModelConfig:
     param_dtype: DType = "float32"  # storage dtype of parameters (and optimizer moments)
     dtype: DType = "float32"  # compute dtype
     remat: Remat = "none"  # rematerialise each block: none, full, or keep matmul outputs (dots)
-    attention: Literal["xla", "cudnn", "auto"] = "auto"  # jax.nn.dot_product_attention implementation
+    attention: Literal["auto", "blocked", "xla", "cudnn"] = "auto"  # auto: blocked on CPU, jax's choice elsewhere
     initializer_range: float = 0.02  # std of the normal init (scratch runs)
 
     @property

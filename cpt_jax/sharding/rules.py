@@ -61,6 +61,10 @@ class Sharder:
     def named(self, axes: tuple[str | None, ...]) -> NamedSharding:
         return NamedSharding(self.mesh, logical_to_spec(axes, self.rules, self.mesh))
 
+    def is_split(self, axis: str) -> bool:
+        """Whether a logical axis is actually divided over devices (mapped to a mesh axis > 1)."""
+        return self.mesh is not None and logical_to_spec((axis,), self.rules, self.mesh)[0] is not None
+
     def constrain(self, x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
         if self.mesh is None:
             return x
