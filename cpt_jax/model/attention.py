@@ -31,9 +31,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, imp
     Causality is by index within the row, and a token only sees tokens of its own segment.
     Every token sees itself, so no row is fully masked.
     """
-    if implementation == "auto":
-        implementation = "blocked" if jax.default_backend() == "cpu" else "auto"
-    if implementation == "blocked":
+    if implementation == "blocked" or (implementation == "auto" and jax.default_backend() == "cpu"):
         return _blocked(q, k, v, segment_ids)
     # Causality as a flag, not in the mask, so that a fused kernel (cuDNN) can use its causal
     # mask type and skip blocks; the mask only separates packed documents.
