@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 XLA_FAKE_DEVICES := --xla_force_host_platform_device_count=8
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench experiments clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ test: $(VENV)/.test
 
 bench: $(VENV)/.test
 	$(BIN)/python benchmarks/run_all.py
+
+experiments: $(VENV)/.runtime
+	$(BIN)/python experiments/run_experiments.py
 
 clean:
 	rm -rf $(VENV)

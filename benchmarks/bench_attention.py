@@ -24,7 +24,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cpt_jax.model.attention import attend  # noqa: E402
-from run_all import environment, usable_cores, write_json  # noqa: E402
+from common import environment, usable_cores, write_json  # noqa: E402
 
 
 def median_ms(fn, reps: int) -> float:

@@ -35,12 +35,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cpt_jax.checkpoint.manager import RunCheckpointer  # noqa: E402
-from cpt_jax.config.model import ModelConfig  # noqa: E402
-from cpt_jax.config.run import CheckpointConfig, OptimizerConfig  # noqa: E402
+from cpt_jax.checkpoint.run_checkpoint import RunCheckpointer  # noqa: E402
+from cpt_jax.model.config import ModelConfig  # noqa: E402
+from cpt_jax.checkpoint.run_checkpoint import CheckpointConfig  # noqa: E402
+from cpt_jax.train.optimizer import OptimizerConfig  # noqa: E402
 from cpt_jax.sharding import MeshConfig, make_mesh  # noqa: E402
-from cpt_jax.train.state import init_params, make_optimizer  # noqa: E402
-from run_all import environment, write_json  # noqa: E402
+from cpt_jax.model.params import init_params  # noqa: E402
+from cpt_jax.train.optimizer import make_optimizer  # noqa: E402
+from common import environment, write_json  # noqa: E402
 
 HIDDEN, FFN, HEADS = 768, 2048, 12
 BYTES_PER_PARAM = 12  # fp32 parameter + two fp32 Adam moments

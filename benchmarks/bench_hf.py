@@ -3,8 +3,9 @@
 The model is made by transformers (random init, save_pretrained in several shards; no
 download). Import and export each run in a fresh process that reports its own peak RSS and
 its RSS just before the work (JAX and the libraries loaded), so the difference is what the
-conversion itself holds: about the model once for import (the parameters land in host memory),
-about one layer plus one output shard for export (it streams). Not a test. Prints one JSON line
+conversion itself holds: for import, the model's own shards (with one CPU device they are host
+memory) plus about one tensor in flight (`import_bound_gb` = model + largest tensor); for
+export, about one layer plus one output shard (it streams). Not a test. Prints one JSON line
 and appends it to --out.
 
     python benchmarks/bench_hf.py --out results/bench_hf.jsonl            # ~1 GB
@@ -118,6 +119,12 @@ def verify(src: Path, dst: Path) -> int:
     return len(a)
 
 
+def largest_tensor_gb(path: Path) -> float:
+    from cpt_jax.hf.safetensors_io import read_header
+
+    return max(t.end - t.start for f in path.glob("*.safetensors") for t in read_header(f).values()) / GB
+
+
 def measure(args: argparse.Namespace, work: Path) -> dict:
     hf, ckpt, out = work / "hf", work / "ckpt", work / "export"
     made = run_child(args, "make", None, hf)
@@ -131,6 +138,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
         "tensors_bit_exact": tensors,
         "import_s": imp["s"], "import_gb_per_s": model_gb / imp["s"], "import_peak_rss_gb": imp["peak_rss_gb"],
         "import_rss_over_baseline_gb": imp["peak_rss_gb"] - imp["baseline_rss_gb"],
+        "largest_tensor_gb": largest_tensor_gb(hf), "import_bound_gb": model_gb + largest_tensor_gb(hf),
         "export_s": exp["s"], "export_gb_per_s": model_gb / exp["s"], "export_peak_rss_gb": exp["peak_rss_gb"],
         "export_rss_over_baseline_gb": exp["peak_rss_gb"] - exp["baseline_rss_gb"],
         "baseline_rss_gb": imp["baseline_rss_gb"], "export_shard_size": args.export_shard,

@@ -48,14 +48,16 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from cpt_jax.config.model import ModelConfig, RopeScalingConfig  # noqa: E402
-from cpt_jax.config.run import OptimizerConfig  # noqa: E402
+from cpt_jax.model.config import ModelConfig, RopeScalingConfig  # noqa: E402
+from cpt_jax.train.optimizer import OptimizerConfig  # noqa: E402
 from cpt_jax.sharding import MeshConfig, make_mesh  # noqa: E402
 from cpt_jax.train.mfu import device_peak_flops, measured_matmul_flops  # noqa: E402
-from cpt_jax.train.state import (abstract_model, init_params, make_optimizer, new_train_state,  # noqa: E402
-                                 train_state_shardings)
-from cpt_jax.train.step import batch_sharding, jit_train_step, make_train_step  # noqa: E402
-from run_all import environment, usable_cores, write_json  # noqa: E402
+from cpt_jax.model.params import abstract_model, init_params  # noqa: E402
+from cpt_jax.sharding.placement import batch_sharding  # noqa: E402
+from cpt_jax.train.optimizer import make_optimizer  # noqa: E402
+from cpt_jax.train.state import new_train_state, train_state_shardings  # noqa: E402
+from cpt_jax.train.step import jit_train_step, make_train_step  # noqa: E402
+from common import environment, usable_cores, write_json  # noqa: E402
 
 LR = 1e-4
 # Head dim 64 everywhere; SwiGLU width ~8/3 d rounded up to a multiple of 64 (the Llama recipe).
@@ -164,13 +166,13 @@ class TorchStep:
         import torch
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        from cpt_jax.hf.config_map import model_config_to_hf
+        from cpt_jax.hf.config_map import model_config_to_hf_config
 
         if case.model.dtype != "float32":
             raise ValueError("the torch baseline runs on CPU in fp32 only")
         torch.set_num_threads(threads)
         torch.manual_seed(0)
-        hf = LlamaConfig(**model_config_to_hf(case.model), attn_implementation="sdpa")
+        hf = LlamaConfig(**model_config_to_hf_config(case.model), attn_implementation="sdpa")
         self.torch = torch
         self.model = LlamaForCausalLM(hf).float().train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=LR, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)

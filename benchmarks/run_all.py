@@ -8,18 +8,15 @@
 Each benchmark is its own process (a clean JAX runtime and thread pool each, and one crash does
 not lose the others' results). The step benchmark runs first: its best measured cpt_jax tokens/s
 is the demand handed to the pipeline benchmark. Benchmarks written by others (bench_pipeline.py,
-bench_hf.py) are run when present. The helpers here (environment, write_json) are shared by the
-benchmark scripts, which import them from this file.
+bench_hf.py) are run when present. Shared helpers live in common.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.metadata as md
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -28,65 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import environment, usable_cores, write_json  # noqa: F401 (used by older scripts too)
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy", "torch", "transformers")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def cpu_vector_flags() -> list[str]:
-    """The SIMD extensions the CPU reports: they bound the fp32 matmul rate ('peak' on CPU)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return sorted(f for f in line.split(":", 1)[1].split()
-                              if f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"))
-    except OSError:
-        pass
-    return []
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def environment() -> dict:
-    """Where and with what a number was measured; load average because the host may be shared."""
-    versions = {}
-    for name in VERSIONED:
-        try:
-            versions[name] = md.version(name)
-        except md.PackageNotFoundError:
-            versions[name] = None
-    return {
-        "host": platform.node(), "cpu_model": cpu_model(), "cpu_flags": cpu_vector_flags(), "cores": usable_cores(),
-        "cpu_count": os.cpu_count(), "python": platform.python_version(), "versions": versions,
-        "loadavg": list(os.getloadavg()), "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "time": dt.datetime.now().isoformat(timespec="seconds"),
-    }
-
-
-def write_json(path: str | Path, obj: dict) -> None:
-    """Write to a temporary name in the same folder, then rename: never a half-written result."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; a result is for everyone to read
-    os.replace(tmp, path)
-
-
 def read_result(path: Path):
     """A benchmark's --out file: one JSON document, or JSON lines (the last line is this run)."""
     text = path.read_text()
@@ -201,7 +143,7 @@ def h100_demand_tokens_per_s() -> float:
     (989 TFLOP/s dense bf16 spec): derived from the spec, not measured."""
     from bench_step import SIZES  # heavy import (jax), only when needed
 
-    from cpt_jax.config.model import ModelConfig
+    from cpt_jax.model.config import ModelConfig
     return 0.5 * 989e12 / ModelConfig(**SIZES["llama-1b"]).flops_per_token(2048)
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import ipaddress
 import json
 import os
@@ -24,18 +23,15 @@ import socket
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Mapping
+from typing import Iterator, Literal, Mapping
 
 import jax
 import numpy as np
 
-from cpt_jax.cli.errors import UserError
-from cpt_jax.config.base import ConfigError, to_dict
-from cpt_jax.config.run import DistributedConfig
-
-if TYPE_CHECKING:
-    from cpt_jax.config.run import RunConfig
+from cpt_jax.config.base import require
+from cpt_jax.errors import ConfigError, UserError
 
 ENV_VARS = {
     "mode": "CPT_JAX_DISTRIBUTED",
@@ -46,6 +42,25 @@ ENV_VARS = {
 # JAX is given this much longer than timeout_s, so that our watchdog, which can say what went
 # wrong, fires before JAX's own deadline, which aborts the process with a C++ stack trace.
 _JAX_TIMEOUT_GRACE_S = 30
+
+
+@dataclass(frozen=True)
+class DistributedConfig:
+    """jax.distributed settings. 'auto' lets JAX detect TPU pods, SLURM and Open MPI."""
+
+    mode: Literal["off", "auto", "manual"] = "off"  # off: one process
+    coordinator: str = ""  # host:port of process 0 (manual)
+    num_processes: int = 1  # manual: total processes
+    process_id: int = 0  # manual: this process (differs per host)
+    timeout_s: int = 300  # give up reaching the coordinator after this long
+
+    def validate(self, path: str) -> None:
+        if self.mode == "manual":
+            require(":" in self.coordinator, path, "coordinator", "set host:port of process 0")
+            require(self.num_processes >= 1, path, "num_processes", "must be >= 1")
+            require(0 <= self.process_id < self.num_processes, path, "process_id",
+                    f"must be in [0, {self.num_processes})")
+        require(self.timeout_s > 0, path, "timeout_s", "must be positive")
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -253,22 +268,17 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def config_fingerprint(cfg: RunConfig) -> str:
-    """Hash of the resolved config without `distributed`, which legitimately differs per process."""
-    plain = {k: v for k, v in to_dict(cfg).items() if k != "distributed"}
-    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def check_same_run(cfg: RunConfig, **extra: object) -> None:
-    """Refuse to start unless every process has the same config (distributed.* aside), the same
-    software and the same `extra` settings (e.g. command-line flags), naming who differs."""
+def check_same_run(config_fingerprint: str, **extra: object) -> None:
+    """Refuse to start unless every process has the same config (its fingerprint without the
+    per-process `distributed` section), the same software and the same `extra` settings (e.g.
+    command-line flags), naming who differs."""
     if jax.process_count() == 1:
         return
     import jaxlib
 
     import cpt_jax
 
-    mine = {"config": config_fingerprint(cfg), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+    mine = {"config": config_fingerprint, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
             "cpt_jax": cpt_jax.__version__, **{k: str(v) for k, v in extra.items()}}
     every = [json.loads(t) for t in gather_text(json.dumps(mine, sort_keys=True))]
     problems = []
@@ -309,13 +319,3 @@ def check_shared_dir(path: str | Path) -> None:
         raise UserError(f"run_dir {path} is not shared: process(es) {', '.join(map(str, blind))} cannot see the "
                         "file process 0 wrote there; put run_dir on storage every host mounts at the same path "
                         "(NFS, Lustre, a GCS FUSE mount)")
-
-
-def start(cfg: RunConfig, **extra: object) -> RunConfig:
-    """What `cpt-jax train` does before training: start jax.distributed, then check that the
-    processes agree on the run (`check_same_run`) and share its run_dir. Returns the config with
-    the resolved `distributed` section."""
-    cfg = dataclasses.replace(cfg, distributed=initialize(cfg.distributed))
-    check_same_run(cfg, **extra)
-    check_shared_dir(cfg.run_dir)
-    return cfg

@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 
 @pytest.fixture
 def tiny_model_cfg():
-    from cpt_jax.config.model import ModelConfig
+    from cpt_jax.model.config import ModelConfig
 
     return ModelConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                        num_kv_heads=2, max_position_embeddings=128)

@@ -4,8 +4,8 @@
 import pytest
 
 from cpt_jax.config.base import ConfigError, apply_overrides, from_dict, load_yaml
-from cpt_jax.config.model import ModelConfig
-from cpt_jax.config.run import RunConfig, load_run_config
+from cpt_jax.model.config import ModelConfig
+from cpt_jax.train.config import RunConfig, load_run_config
 from cpt_jax.sharding.mesh import MeshConfig
 
 BASE = {
@@ -80,7 +80,7 @@ def test_shipped_configs_load():
 
 def test_model_param_count_matches_tree(tiny_model_cfg):
     import jax
-    from cpt_jax.train.state import abstract_model
+    from cpt_jax.model.params import abstract_model
     for cfg in (tiny_model_cfg, ModelConfig(**{**tiny_model_cfg.__dict__, "tie_embeddings": True,
                                                 "qkv_bias": True, "qk_norm": True, "head_dim": 24})):
         _, state = abstract_model(cfg)
@@ -91,6 +91,6 @@ def test_model_param_count_matches_tree(tiny_model_cfg):
 def test_config_reference_is_up_to_date():
     """configs/REFERENCE.md documents every key; regenerate with tools/gen_config_reference.py."""
     from pathlib import Path
-    from cpt_jax.config.reference import run_config_reference
+    from cpt_jax.cli.reference import run_config_reference
     shipped = Path(__file__).parent.parent.joinpath("configs", "REFERENCE.md").read_text()
     assert shipped == run_config_reference(), "run: python tools/gen_config_reference.py"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cpt_jax.data import DataConfig, DataError, DataPipeline, SourceConfig
-from cpt_jax.data.corpus import documents, vocabulary, word_level_tokenizer, write_jsonl
+from text_fixtures import documents, vocabulary, word_level_tokenizer, write_jsonl
 from cpt_jax.data.prepare import PrepareOptions, prepare
 
 NEW_WORDS, REPLAY_WORDS = vocabulary("n", 40), vocabulary("r", 40)
@@ -43,21 +43,41 @@ def row_source(tokens):
     return "replay"
 
 
-@pytest.mark.parametrize("mixture, batch, expected", [
-    ({"new": 0.95, "replay": 0.05}, 64, {"new": 61, "replay": 3}),
-    ({"new": 0.75, "replay": 0.25}, 8, {"new": 6, "replay": 2}),
-    ({"new": 0.5, "replay": 0.5}, 6, {"new": 3, "replay": 3}),
-    ({"new": 0.2, "replay": 0.8}, 10, {"new": 2, "replay": 8}),
+def count_rows(batch):
+    counts = {"new": 0, "replay": 0}
+    for tokens, ids in zip(batch["tokens"], batch["source_ids"]):
+        name = row_source(tokens)
+        assert np.all(ids == ("new", "replay").index(name)), "source_ids names the row's source"
+        counts[name] += 1
+    return counts
+
+
+@pytest.mark.parametrize("mixture, batch", [
+    ({"new": 0.95, "replay": 0.05}, 64),
+    ({"new": 0.75, "replay": 0.25}, 8),
+    ({"new": 0.2, "replay": 0.8}, 10),
+    ({"new": 0.99, "replay": 0.01}, 16),  # below 1/16: one replay row every few batches
 ])
-def test_every_batch_holds_the_planned_counts(prepared, mixture, batch, expected):
+def test_every_batch_holds_the_planned_counts(prepared, mixture, batch):
     pipe = make_pipe(prepared, batch=batch)
+    plan = pipe.plan(mixture)
     for step in (0, 1, 2, 57):  # 57: replay has long rolled over into later epochs
-        batch_rows = pipe.global_batch(mixture, step=step)["tokens"]
-        counts = {"new": 0, "replay": 0}
-        for row in batch_rows:
-            counts[row_source(row)] += 1
-        assert counts == expected, step
-    assert pipe.plan(mixture).realised() == {k: v / batch for k, v in expected.items()}
+        assert count_rows(pipe.global_batch(mixture, step=step)) == dict(zip(plan.names, plan.counts(step)))
+
+
+def test_five_percent_replay_trains_five_percent_of_rows(prepared):
+    """Done-when of issue 18: 5% replay at batch 64 over 200 steps is 640 of 12800 rows, 3 or 4 a batch."""
+    pipe = make_pipe(prepared, batch=64)
+    mixture = {"new": 0.95, "replay": 0.05}
+    it = pipe.train_iterator(mixture, num_steps=200)
+    per_batch = [int(np.sum(b["source_ids"][:, 0] == 1)) for b in it]
+    assert len(per_batch) == 200 and set(per_batch) == {3, 4} and sum(per_batch) == 640
+    state = it.state()
+    assert state["realised"] == {"new": 0.95, "replay": 0.05}
+    assert state["rows"] == {"new": 12160, "replay": 640}
+    assert pipe.consumption(mixture, step=200) == {n: {"tokens": state["tokens"][n], "epochs": state["epochs"][n]}
+                                                   for n in ("new", "replay")}
+    assert state["epochs"]["replay"] == pytest.approx(640 * SEQ / state["epoch_tokens"]["replay"])
 
 
 def test_batches_identical_for_any_host_count(prepared):
@@ -92,7 +112,7 @@ def test_stop_and_resume_gives_the_same_stream(prepared):
     first = pipe.train_iterator(mix)
     list(_take(first, 4))
     state = json.loads(json.dumps(first.state()))
-    assert state["step"] == 4 and state["rows_per_batch"] == {"new": 6, "replay": 2}
+    assert state["step"] == 4 and state["rows"] == {"new": 24, "replay": 8}
     assert state["tokens"] == {"new": 4 * 6 * SEQ, "replay": 4 * 2 * SEQ}
     resumed = list(_take(make_pipe(prepared, batch=8).resume(state), 5))
     for a, b in zip(straight[4:], resumed):
@@ -116,31 +136,53 @@ def test_next_phase_continues_each_stream(prepared):
     # the same rows, read directly: source rows that follow the 18 new / 6 replay rows of phase 1
     only_new = stream.global_batch({"new": 1.0}, step=0, start_tokens={"new": end["tokens"]["new"]})
     plan = pipe.plan({"new": 0.5, "replay": 0.5})
-    new_rows = two["tokens"][[j for j, k in enumerate(plan.order) if plan.names[k] == "new"]]
+    new_rows = two["tokens"][[j for j, k in enumerate(plan.layout(0)[0]) if plan.names[k] == "new"]]
     np.testing.assert_array_equal(new_rows, only_new["tokens"][:4])
 
 
 def test_packing_keeps_documents_apart_and_loses_nothing(prepared):
     pipe = make_pipe(prepared, batch=4)
     src = pipe.sources["replay"].train
+    stream = pipe._streams["replay"]
     total = int(src.lengths.sum())
     rows = []
-    for step in range(-(-total // (4 * SEQ))):
-        b = pipe.global_batch({"replay": 1.0}, step=step)
-        for tokens, seg, pos in zip(b["tokens"], b["segment_ids"], b["positions"]):
-            assert seg[0] == 1 and np.all(np.diff(seg) >= 0) and np.all(seg > 0)
-            ends = np.nonzero(np.diff(seg))[0]
-            assert np.all(tokens[ends] == EOS), "a segment may only end (inside a row) at EOS"
-            eos_inside = np.nonzero(tokens[:-1] == EOS)[0]
-            assert np.all(seg[eos_inside + 1] != seg[eos_inside]), "a new document needs a new segment"
-            for s in np.unique(seg):
-                np.testing.assert_array_equal(pos[seg == s], np.arange(np.sum(seg == s)))
-            rows.append(tokens)
-    stream = np.concatenate(rows)[:total]  # one epoch, row after row
-    docs = np.split(stream, np.nonzero(stream == EOS)[0] + 1)[:-1]
+    for p in range(-(-total // SEQ)):
+        row = stream.read(p * SEQ, SEQ)
+        tokens, seg, pos = row["tokens"], row["segment_ids"], row["positions"]
+        assert seg[0] == 1 and np.all(np.diff(seg) >= 0) and np.all(seg > 0)
+        ends = np.nonzero(np.diff(seg))[0]
+        assert np.all(tokens[ends] == EOS), "a segment may only end (inside a row) at EOS"
+        eos_inside = np.nonzero(tokens[:-1] == EOS)[0]
+        assert np.all(seg[eos_inside + 1] != seg[eos_inside]), "a new document needs a new segment"
+        for s in np.unique(seg):
+            np.testing.assert_array_equal(pos[seg == s], np.arange(np.sum(seg == s)))
+        rows.append(tokens)
+    flat = np.concatenate(rows)[:total]  # one epoch, row after row
+    docs = np.split(flat, np.nonzero(flat == EOS)[0] + 1)[:-1]
     want = sorted(tuple(src[i].tolist()) for i in range(len(src.lengths)))
     assert sorted(tuple(d.tolist()) for d in docs) == want
     assert len(want) == json.load(open(f"{prepared['replay']}/manifest.json"))["splits"]["train"]["documents"]
+
+
+def test_batches_read_every_row_of_a_block_once_in_spread_order(prepared):
+    """A source's rows in one batch come from all over a block of its stream; over the block each
+    row of the stream is read exactly once, so an epoch is neither re-read nor skipped."""
+    from cpt_jax.data.pipeline import block_position, block_rows
+
+    pipe = make_pipe(prepared, batch=4)
+    stream = pipe._streams["replay"]
+    width = block_rows(stream.epoch_tokens, SEQ)
+    assert 4 < width <= stream.epoch_tokens // SEQ
+    steps = 3 * width // 4 + 1
+    got = np.concatenate([pipe.global_batch({"replay": 1.0}, step=s)["tokens"] for s in range(steps)])
+    positions = [block_position(n, width) for n in range(len(got))]
+    assert sorted(positions[:3 * width]) == list(range(3 * width))  # a bijection, block by block
+    for n, p in enumerate(positions):
+        np.testing.assert_array_equal(got[n], stream.read(p * SEQ, SEQ)["tokens"])
+    gaps = np.abs(np.diff(positions[:4]))
+    assert gaps.min() >= width // 4, "one batch's rows are spread over the block"
+    wide = [block_position(n, 1024) for n in range(8)]
+    assert min(abs(a - b) for i, a in enumerate(wide) for b in wide[i + 1:]) >= 1024 // 16
 
 
 def test_epochs_roll_over_with_a_new_shuffle(prepared):
@@ -151,7 +193,8 @@ def test_epochs_roll_over_with_a_new_shuffle(prepared):
     steps = -(-(per_epoch * 5 // 2) // (4 * SEQ))
     list(_take(it, steps))
     state = it.state()
-    assert state["epochs"]["replay"] == state["tokens"]["replay"] // per_epoch == 2
+    assert state["epochs"]["replay"] == state["tokens"]["replay"] / per_epoch
+    assert int(state["epochs"]["replay"]) == 2
     orders = [stream.layout(e)[0] for e in range(3)]
     assert all(sorted(o.tolist()) == list(range(len(o))) for o in orders)
     assert not np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[1], orders[2])
@@ -241,7 +284,7 @@ def test_host_row_range_and_global_arrays():
     import jax
     from jax.sharding import NamedSharding, PartitionSpec as P
 
-    from cpt_jax.data.pipeline import host_row_range, to_global_batch
+    from cpt_jax.sharding.placement import host_row_range, to_global_batch
 
     mesh = jax.make_mesh((2, 4), ("data", "fsdp"))
     sharding = NamedSharding(mesh, P(("data", "fsdp"), None))
@@ -256,3 +299,42 @@ def test_host_row_range_and_global_arrays():
 def _take(it, n):
     for _ in range(n):
         yield next(it)
+
+
+def test_schedule_forecast_matches_the_pipeline_and_warns(prepared):
+    from dataclasses import replace
+
+    from cpt_jax.data.forecast import forecast, format_forecast
+
+    pipe = make_pipe(prepared, batch=8)
+    phases = [("a", {"new": 1.0}, 10), ("b", {"new": 0.95, "replay": 0.05}, 300)]
+    result = forecast(replace(pipe.cfg, max_epochs_warning=2.0), phases)
+    start = pipe.phase_start_tokens([(m, n) for _, m, n in phases], 1)
+    end = pipe.consumption(phases[1][1], phase=1, step=300, start_tokens=start)
+    last = {r["source"]: r for r in result["rows"] if r["phase"] == "b"}
+    for name in ("new", "replay"):
+        assert last[name]["total_tokens"] == end[name]["tokens"]
+        assert last[name]["epochs"] == pytest.approx(end[name]["epochs"])
+    assert last["replay"]["share"] == 0.05 and last["replay"]["tokens"] == 120 * SEQ
+    over = sorted(r["source"] for r in result["rows"] if r["epochs"] > 2.0 and r["phase"] == "b")
+    assert over == ["new"] and len(result["warnings"]) == 1 and "'new' is repeated" in result["warnings"][0]
+    assert "max_epochs_warning" in format_forecast(result)
+    missing = forecast(DataConfig(sources={"x": SourceConfig(path="/nonexistent")}), [("a", {"x": 1.0}, 5)])
+    assert missing["rows"][0]["epochs"] is None and "not prepared yet" in missing["notes"][0]
+
+
+def test_resume_with_another_seq_len_continues_after_the_block_being_read(prepared):
+    from cpt_jax.data.pipeline import block_rows
+
+    pipe = make_pipe(prepared, batch=4)
+    it = pipe.train_iterator({"replay": 1.0})
+    list(_take(it, 3))
+    state = it.state()  # 12 rows read: inside the first block, whose other rows are still unread
+    width = block_rows(pipe._streams["replay"].epoch_tokens, SEQ)
+    assert 12 < width
+    longer = make_pipe(prepared, batch=4, seq=2 * SEQ).resume(state)
+    after = longer.state()
+    assert after["tokens"]["replay"] == width * SEQ and after["seq_len"] == 2 * SEQ
+    batch = next(longer)  # reads from the next block on: nothing of the first block twice
+    want = longer._cursor.streams["replay"].read(width * SEQ, 2 * SEQ)["tokens"]
+    assert any(np.array_equal(row, want) for row in batch["tokens"])

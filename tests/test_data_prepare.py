@@ -10,8 +10,8 @@ import pytest
 import sentencepiece as spm
 
 from cpt_jax.data import prepare as prep
-from cpt_jax.data.corpus import documents, vocabulary, word_level_tokenizer, write_jsonl
-from cpt_jax.data.errors import DataError
+from text_fixtures import documents, vocabulary, word_level_tokenizer, write_jsonl
+from cpt_jax.errors import DataError
 from cpt_jax.data.hashing import sha256_file
 from cpt_jax.data.manifest import open_prepared
 from cpt_jax.data.readers import ReadOptions
@@ -48,7 +48,7 @@ def prepared(corpus, tmp_path_factory):
 
 def read_split(out, split):
     p = open_prepared(out)
-    docs = PreparedDocs(p.splits[split].shards, p.splits[split].lengths, p.dtype)
+    docs = PreparedDocs(p.splits[split].shards, p.splits[split].lengths, p.dtype, p.chunk_tokens)
     return [docs[i] for i in range(len(p.splits[split].lengths))]
 
 
@@ -296,3 +296,75 @@ def test_cli_eval_inputs(split_corpus, tmp_path, capsys):
     assert (summary["train_documents"], summary["eval_documents"]) == (40, 9)
     assert main(args + ["--eval-docs", "3"]) == 2
     assert "--eval-docs/--eval-fraction" in capsys.readouterr().err
+
+
+# -- BOS follows the upstream tokenizer ------------------------------------------------------------
+
+def test_bos_follows_tokenizer_config_and_template_unless_overridden(tmp_path):
+    from tokenizers import Tokenizer, processors
+
+    from cpt_jax.data.tokenizer import TokenizerSpec, load_tokenizer
+
+    path = word_level_tokenizer(tmp_path / "tokenizer.json", WORDS)
+    config = tmp_path / "tokenizer_config.json"
+    tok = load_tokenizer(TokenizerSpec(str(path)))
+    assert (tok.add_bos, tok.encode_batch(["wac"])) == (False, [[4, 1]])  # nothing asks for BOS
+    config.write_text(json.dumps({"bos_token": "waa", "add_bos_token": True}))  # Llama 1/2 HF config
+    tok = load_tokenizer(TokenizerSpec(str(path)))
+    assert tok.encode_batch(["wac"]) == [[2, 4, 1]] and "add_bos_token=True" in tok.add_bos_reason
+    assert load_tokenizer(TokenizerSpec(str(path), add_bos=False)).encode_batch(["wac"]) == [[4, 1]]
+    config.write_text(json.dumps({"bos_token": "waa", "add_bos_token": False}))
+    assert load_tokenizer(TokenizerSpec(str(path))).encode_batch(["wac"]) == [[4, 1]]
+    assert load_tokenizer(TokenizerSpec(str(path), add_bos=True)).encode_batch(["wac"]) == [[2, 4, 1]]
+    config.unlink()
+    hf = Tokenizer.from_file(str(path))  # Llama 3 style: the template puts BOS first
+    hf.post_processor = processors.TemplateProcessing(single="wab $A", special_tokens=[("wab", 3)])
+    hf.save(str(path))
+    tok = load_tokenizer(TokenizerSpec(str(path)))
+    assert tok.encode_batch(["wac"]) == [[3, 4, 1]] and "post-processor starts with wab" in tok.add_bos_reason
+
+
+def test_bos_follows_sentencepiece_and_is_recorded(corpus, tmp_path, capsys):
+    from cpt_jax.cli.main import main
+    from cpt_jax.data.tokenizer import TokenizerSpec, load_tokenizer, train_sentencepiece
+
+    model = tmp_path / "upstream.model"
+    train_sentencepiece(corpus["texts"][:30], model, 120)  # has bos_id 1, like Llama's models
+    tok = load_tokenizer(TokenizerSpec(str(model)))
+    assert tok.add_bos and tok.encode_batch(["x"])[0][0] == tok.bos_id == 1
+    assert not load_tokenizer(TokenizerSpec(str(model), trained_here=True)).add_bos  # prepare's own: no upstream
+    src = str(corpus["root"] / "in" / "a.jsonl")
+    for flags, want in (([], True), (["--no-add-bos"], False)):
+        out = tmp_path / f"o{len(flags)}"
+        assert main(["prepare", src, "--out", str(out), "--tokenizer", str(model), "--eval-docs", "3", "--quiet",
+                     *flags]) == 0
+        assert json.loads(capsys.readouterr().out)["add_bos"] is want
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["tokenizer"]["add_bos"] is want and manifest["options"]["add_bos"] == ("auto" if want else False)
+        p = open_prepared(out)
+        first = PreparedDocs(p.splits["train"].shards, p.splits["train"].lengths, p.dtype, p.chunk_tokens)[0]
+        assert bool(first[0] == 1) is want
+
+
+def test_long_documents_are_stored_in_chunks_and_read_by_slice(corpus, tmp_path, monkeypatch):
+    from cpt_jax.data import manifest as mf
+
+    monkeypatch.setattr(mf, "CHUNK_TOKENS", 8)
+    out = tmp_path / "chunked"
+    prep.prepare(options(corpus, out, workers=1))
+    p = open_prepared(out)
+    assert p.chunk_tokens == 8
+    lengths = p.splits["train"].lengths
+    docs = PreparedDocs(p.splits["train"].shards, lengths, p.dtype, p.chunk_tokens)
+    import grain
+
+    records = sum(len(grain.sources.ArrayRecordDataSource([s])) for s in p.splits["train"].shards)
+    assert records == int(np.sum(-(-lengths // 8))) > len(lengths)
+    monkeypatch.undo()
+    prep.prepare(options(corpus, tmp_path / "whole"))
+    whole = read_split(tmp_path / "whole", "train")  # the default chunking: one record per document here
+    for i in range(len(lengths)):
+        np.testing.assert_array_equal(docs[i], whole[i])
+        n = int(lengths[i])
+        for start, stop in ((0, 1), (3, min(n, 19)), (max(0, n - 9), n)):
+            np.testing.assert_array_equal(docs.read(i, start, stop), whole[i][start:stop])

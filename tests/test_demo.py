@@ -65,7 +65,7 @@ def test_exported_model_and_tokenizer_load_in_transformers(demo):
 
 
 def test_demo_plans_are_runnable_configs(demo):
-    from cpt_jax.config.run import load_run_config
+    from cpt_jax.train.config import load_run_config
     out, _ = demo
     plans = sorted((out / "plans").glob("*.yaml"))
     assert [p.stem for p in plans] == ["no-replay", "pretrain", "replay"]

@@ -4,8 +4,8 @@ cpt_jax graph cannot honour refused by name."""
 import pytest
 from hf_fixtures import FAMILIES, tiny_config_kwargs
 
-from cpt_jax.cli.errors import UserError
-from cpt_jax.config.model import ModelConfig, RopeScalingConfig
+from cpt_jax.errors import UserError
+from cpt_jax.model.config import ModelConfig, RopeScalingConfig
 from cpt_jax.hf.config_map import (
     ARCHITECTURES,
     FAMILY_ARCH,

@@ -7,14 +7,14 @@ import torch
 from flax import nnx
 from hf_fixtures import hf_logits, load_hf_model, make_tiny_hf_model
 
-from cpt_jax.checkpoint.params import load_model_checkpoint
+from cpt_jax.checkpoint.model_checkpoint import load_model_checkpoint
 from cpt_jax.config.base import from_dict, to_dict
-from cpt_jax.config.run import RunConfig
+from cpt_jax.train.config import RunConfig
 from cpt_jax.data import DataPipeline
 from cpt_jax.hf import export_hf, hf_config_to_model_config, read_hf_config
 from cpt_jax.train.loop import Trainer
 from cpt_jax.train.metrics import read_jsonl
-from cpt_jax.train.state import abstract_model
+from cpt_jax.model.params import abstract_model
 
 
 def packed_nll(model, batch: dict) -> tuple[float, int]:

@@ -9,7 +9,7 @@ import pytest
 from hf_fixtures import make_tiny_hf_model
 from safetensors.numpy import load_file, save_file
 
-from cpt_jax.cli.errors import UserError
+from cpt_jax.errors import UserError
 from cpt_jax.hf import export_hf, exporter, import_hf
 
 INDEX = "model.safetensors.index.json"

@@ -20,11 +20,11 @@ from hf_fixtures import (
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-from cpt_jax.checkpoint.params import load_model_checkpoint, save_model_checkpoint
-from cpt_jax.config.model import ModelConfig
+from cpt_jax.checkpoint.model_checkpoint import load_model_checkpoint, save_model_checkpoint
+from cpt_jax.model.config import ModelConfig
 from cpt_jax.hf import export_hf, import_hf, load_hf_params
 from cpt_jax.sharding import MeshConfig, make_mesh
-from cpt_jax.train.state import abstract_model, abstract_params, param_shardings
+from cpt_jax.model.params import abstract_model, abstract_params, param_shardings
 
 TOL = 1e-4
 LLAMA3_ROPE = dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,

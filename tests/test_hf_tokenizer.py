@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cpt_jax.checkpoint.params import save_model_checkpoint
-from cpt_jax.config.model import ModelConfig
+from cpt_jax.checkpoint.model_checkpoint import save_model_checkpoint
+from cpt_jax.model.config import ModelConfig
 from cpt_jax.data.tokenizer import train_sentencepiece
 from cpt_jax.hf import export_hf
-from cpt_jax.train.state import abstract_params
+from cpt_jax.model.params import abstract_params
 
 TEXTS = ["alpha  beta\tgamma\n delta", "  déjà vu ", "naïve x=1 ☃ unseen-chars ü", "def f(self):\n    return 1"]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cpt_jax.config.model import ModelConfig
+from cpt_jax.model.config import ModelConfig
 from cpt_jax.model import Decoder
 
 
@@ -89,7 +89,7 @@ def test_bf16_compute_is_close_to_fp32(tiny_model_cfg):
 
 
 def test_llama3_rope_scaling_matches_reference_formula():
-    from cpt_jax.config.model import RopeScalingConfig
+    from cpt_jax.model.config import RopeScalingConfig
     from cpt_jax.model.rope import inverse_frequencies
     cfg = ModelConfig(hidden_size=64, num_heads=1, intermediate_size=8, vocab_size=8, num_layers=1,
                       rope_theta=500000.0, rope_scaling=RopeScalingConfig(factor=8.0, original_max_position_embeddings=64))

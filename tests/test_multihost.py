@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from cpt_jax.config.base import ConfigError
-from cpt_jax.config.run import DistributedConfig
+from cpt_jax.distributed import DistributedConfig
 from cpt_jax.distributed import ENV_VARS, resolve
 from cpt_jax.train.metrics import read_jsonl
 
@@ -159,7 +159,7 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
 @pytest.fixture(scope="module")
 def config(tmp_path_factory) -> Path:
     """A real prepared dataset (the `prepare` CLI on generated text) and the plan's YAML."""
-    from cpt_jax.data.corpus import documents, vocabulary, word_level_tokenizer, write_jsonl
+    from text_fixtures import documents, vocabulary, word_level_tokenizer, write_jsonl
 
     root = tmp_path_factory.mktemp("multihost")
     words = vocabulary("w", 60)

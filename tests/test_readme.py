@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from cpt_jax.data.corpus import documents, vocabulary, word_level_tokenizer, write_jsonl
+from text_fixtures import documents, vocabulary, word_level_tokenizer, write_jsonl
 from hf_fixtures import make_tiny_hf_model
 
 REPO = Path(__file__).resolve().parent.parent

@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from cpt_jax.config.base import apply_overrides, from_dict
-from cpt_jax.config.run import RunConfig
-from cpt_jax.train.loop import TrainingDiverged, Trainer
+from cpt_jax.train.config import RunConfig
+from cpt_jax.errors import TrainingDiverged
+from cpt_jax.train.loop import Trainer
 from cpt_jax.train.metrics import read_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
@@ -97,7 +98,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(reference, tmp_path):
     shutil_rm_metadata = list(latest.rglob("_METADATA"))
     for f in shutil_rm_metadata:
         f.write_text("{not json")
-    with pytest.warns(UserWarning, match="step 15 .* could not be restored"):
+    with pytest.warns(UserWarning, match=r"step 15 .* is damaged"):
         Trainer(make_cfg(tmp_path), progress=False).run()
     assert losses(tmp_path) == losses(reference)
 
@@ -179,7 +180,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_last_good(tmp_path):
 
 
 def test_a_different_plan_in_the_same_run_dir_is_refused(reference, tmp_path):
-    from cpt_jax.cli.errors import UserError
+    from cpt_jax.errors import UserError
     Trainer(make_cfg(tmp_path), progress=False, stop_after=5).run()
     changed = make_cfg(tmp_path, "phases.1.mixture.general=0.5")
     with pytest.raises(UserError, match="different plan.*--force-new"):
@@ -193,7 +194,7 @@ def test_a_different_plan_in_the_same_run_dir_is_refused(reference, tmp_path):
 
 
 def test_phase_from_missing_or_incompatible_checkpoint(reference, tmp_path):
-    from cpt_jax.cli.errors import UserError
+    from cpt_jax.errors import UserError
     with pytest.raises(UserError, match=r"phases\[0\].init: checkpoint .*missing.* does not exist"):
         Trainer(make_cfg(tmp_path / "a", f"phases.0.init=ckpt:{tmp_path}/missing"), progress=False).run()
     wider = make_cfg(tmp_path / "b", f"phases.0.init=ckpt:{reference}@12", "model.intermediate_size=96")
@@ -213,18 +214,158 @@ def test_params_only_start_from_a_checkpoint_step(reference, tmp_path):
     assert start == pytest.approx(ref_end, rel=1e-6)
 
 
-def test_disk_full_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
-    from cpt_jax.checkpoint import manager
-    from cpt_jax.cli.errors import UserError
-    real_save = manager.RunCheckpointer.save
+def tree_state(root) -> dict:
+    """{relative path: sha256} of every file under root: what 'nothing was touched' compares."""
+    import hashlib
+    root = Path(root)
+    return {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(root.rglob("*")) if f.is_file()}
 
-    def full_after_first(self, step, *args, **kwargs):
-        if step > 5:
-            raise OSError(28, "No space left on device")
-        return real_save(self, step, *args, **kwargs)
 
-    monkeypatch.setattr(manager.RunCheckpointer, "save", full_after_first)
-    with pytest.raises(UserError, match=r"saving checkpoint step 10 failed .*No space left.*step 5\) is kept"):
-        Trainer(make_cfg(tmp_path), progress=False).run()
-    monkeypatch.setattr(manager.RunCheckpointer, "save", real_save)
-    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [5]
+def step_dirs(run_dir, sub="checkpoints"):
+    d = Path(run_dir) / sub
+    return sorted(int(p.name.split("-")[0]) for p in d.iterdir() if p.name.split("-")[0].isdigit()) if d.is_dir() else []
+
+
+def test_wrong_device_count_stops_before_touching_the_run_then_the_right_one_resumes(tmp_path):
+    """The issue's reproduction: trained on 8 devices, the latest step lost as a preemption
+    would, rerun on 6 devices (the batch of 24 splits over 6, the hidden size of 32 does not):
+    one error line naming the setting and a mesh that fits, exit 2, every file as it was; the
+    right device count then resumes from the latest step."""
+    run = tmp_path / "run"
+    plan = apply_overrides(copy.deepcopy(PLAN), [f"run_dir={run}", "mesh.fsdp=-1", "data.global_batch_size=24"])
+    cfg_file = tmp_path / "plan.yaml"
+    cfg_file.write_text(yaml.safe_dump(plan))
+    Trainer(from_dict(RunConfig, plan), progress=False, stop_after=12).run()
+    import shutil
+    shutil.rmtree(run / "checkpoints" / "12")
+    before = tree_state(run)
+    proc = run_cli(["train", str(cfg_file), "--no-progress"], devices=6, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+    assert "model.hidden_size=32" in lines[0] and "fsdp=6" in lines[0] and "mesh.fsdp=2" in lines[0]
+    assert tree_state(run) == before and step_dirs(run) == [5, 10]
+    resumed = run_cli(["train", str(cfg_file), "--no-progress"], devices=8)
+    assert "resuming" in resumed.stderr and "at step 10" in resumed.stderr
+    assert [s for s, _, _ in losses(run)] == list(range(1, 25))
+    assert not (run / "corrupt-checkpoints").exists()
+
+
+def test_an_intact_step_that_this_invocation_cannot_restore_is_not_moved(reference, tmp_path):
+    """A restore that fails for a reason of this invocation (here: restore targets of another
+    model, as a wrong mesh or device count would give) stops with CheckpointError; the step's
+    own files are whole, so nothing is moved aside."""
+    import shutil
+    from cpt_jax.checkpoint.run_checkpoint import CheckpointConfig, RunCheckpointer
+    from cpt_jax.errors import CheckpointError
+    from cpt_jax.train.setup import build_setup
+    shutil.copytree(reference / "checkpoints", tmp_path / "checkpoints")
+    before = tree_state(tmp_path)
+    other = build_setup(make_cfg(tmp_path, "model.hidden_size=64"))
+    ckpt = RunCheckpointer(tmp_path, CheckpointConfig())
+    try:
+        with pytest.raises(CheckpointError, match=r"step 24 .* is intact but could not be restored by this invocation"):
+            ckpt.restore_latest_good(other.abstract_params, other.abstract_opt)
+    finally:
+        ckpt.close()
+    assert tree_state(tmp_path) == before
+
+
+@pytest.mark.parametrize("damage", ["metadata", "chunks", "meta_json", "missing_item"])
+def test_find_damage_names_what_is_broken(reference, tmp_path, damage):
+    """Damage is judged from the step's own files: each kind is found and named; the intact
+    step has none."""
+    import shutil
+    from cpt_jax.checkpoint.damage import find_damage
+    from cpt_jax.checkpoint.run_checkpoint import FORMAT
+    step = tmp_path / "24"
+    shutil.copytree(reference / "checkpoints" / "24", step)
+    assert find_damage(step, 24, FORMAT) is None
+    if damage == "metadata":
+        (step / "params" / "_METADATA").write_text("{not json")
+        expect = "array metadata of params is unreadable"
+    elif damage == "chunks":
+        for f in (step / "opt_state").rglob("*"):
+            if f.is_file() and f.parent.name == "d":
+                f.write_bytes(b"\0garbage")
+        expect = "of opt_state is unreadable"
+    elif damage == "meta_json":
+        (step / "meta" / "metadata").write_text('{"format": "cpt_jax.run/1", "step": 23}')
+        expect = "says step 23, not 24"
+    else:
+        shutil.rmtree(step / "opt_state")
+        expect = "opt_state item is missing"
+    assert expect in find_damage(step, 24, FORMAT)
+
+
+def test_every_step_damaged_refuses_to_start_over(reference, tmp_path):
+    """Damaged steps are moved aside, never deleted, and the run does not restart from scratch
+    over them (nor truncate its metrics); force_new moves the whole run aside."""
+    import shutil
+    from cpt_jax.errors import CheckpointError
+    Trainer(make_cfg(tmp_path), progress=False, stop_after=6).run()
+    (tmp_path / "checkpoints" / "5" / "meta" / "metadata").write_text("garbage")
+    metrics = (tmp_path / "metrics.jsonl").read_bytes()
+    with pytest.warns(UserWarning, match=r"step 5 .* is damaged \(its meta/metadata file is unreadable"):
+        with pytest.raises(CheckpointError, match="holds checkpoints but none can be resumed"):
+            Trainer(make_cfg(tmp_path), progress=False).run()
+    assert step_dirs(tmp_path, "corrupt-checkpoints") == [5] and step_dirs(tmp_path) == []
+    with pytest.raises(CheckpointError, match="holds checkpoints but none can be resumed"):
+        Trainer(make_cfg(tmp_path), progress=False).run()  # the next attempt refuses too
+    assert (tmp_path / "metrics.jsonl").read_bytes() == metrics
+    Trainer(make_cfg(tmp_path), force_new=True, progress=False, stop_after=1).run()
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("previous-")]
+    assert len(aside) == 1 and (aside[0] / "metrics.jsonl").read_bytes() == metrics
+    assert step_dirs(aside[0], "corrupt-checkpoints") == [5]
+    del shutil
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A real small filesystem (tmpfs) mounted on <run>/checkpoints; needs root."""
+    mounts = []
+
+    def mount(where: Path, size: str) -> Path:
+        where.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if proc.returncode:
+            pytest.skip(f"cannot mount a tmpfs to fill or make read-only ({proc.stderr.strip()}); needs root")
+        mounts.append(where)
+        return where
+
+    yield mount
+    for where in reversed(mounts):
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_background_save_on_a_full_disk_stops_with_a_clear_error(tmp_path, small_fs):
+    """Disk full during an async save (a real 800 KiB tmpfs: one step fits, two do not): the run
+    stops at the next step with CheckpointError, the earlier step stays whole and restorable."""
+    from cpt_jax.checkpoint.damage import find_damage
+    from cpt_jax.checkpoint.run_checkpoint import FORMAT
+    from cpt_jax.errors import CheckpointError
+    small_fs(tmp_path / "checkpoints", "800k")
+    with pytest.raises(CheckpointError, match=r"saving checkpoint step 10 .* failed \(No space left on device\); "
+                                              r"the earlier checkpoints \(5\) are intact"):
+        Trainer(make_cfg(tmp_path, "checkpoint.async_save=true"), progress=False).run()
+    assert step_dirs(tmp_path) == [5] and find_damage(tmp_path / "checkpoints" / "5", 5, FORMAT) is None
+    assert max(s for s, _, _ in losses(tmp_path)) <= 12  # stopped within a step or two of the failed save
+
+
+def test_read_only_checkpoint_dir_fails_the_save_and_keeps_earlier_steps(reference, tmp_path, small_fs):
+    """A run resumed onto a checkpoint directory that became read-only (remounted ro): the next
+    save fails with a clear error, no traceback, and step 5 is untouched."""
+    small_fs(tmp_path / "checkpoints", "4m")
+    Trainer(make_cfg(tmp_path), progress=False, stop_after=7).run()
+    before = tree_state(tmp_path / "checkpoints")
+    subprocess.run(["mount", "-o", "remount,ro", str(tmp_path / "checkpoints")], check=True)
+    cfg_file = tmp_path / "plan.yaml"
+    cfg_file.write_text(yaml.safe_dump(apply_overrides(copy.deepcopy(PLAN), [f"run_dir={tmp_path}"])))
+    proc = run_cli(["train", str(cfg_file), "--no-progress"], check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    err = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert len(err) == 1 and "saving checkpoint step 10" in err[0] and "Read-only file system" in err[0], proc.stderr[-2000:]
+    assert tree_state(tmp_path / "checkpoints") == before

@@ -6,11 +6,14 @@ import optax
 import pytest
 from flax import nnx
 
-from cpt_jax.config.run import OptimizerConfig
+from cpt_jax.train.optimizer import OptimizerConfig
 from cpt_jax.sharding import MeshConfig, logical_to_spec, make_mesh, param_axes
-from cpt_jax.train.loss import lm_loss, targets_and_mask
-from cpt_jax.train.state import abstract_model, init_params, make_optimizer, new_train_state, train_state_shardings
-from cpt_jax.train.step import batch_sharding, jit_train_step, make_train_step
+from cpt_jax.train.loss import lm_loss, per_source_losses, targets_and_mask
+from cpt_jax.model.params import abstract_model, init_params
+from cpt_jax.sharding.placement import batch_sharding
+from cpt_jax.train.optimizer import make_optimizer
+from cpt_jax.train.state import new_train_state, train_state_shardings
+from cpt_jax.train.step import jit_train_step, make_train_step
 
 MESHES = [MeshConfig(1, 1, 1), MeshConfig(8, 1, 1), MeshConfig(1, 8, 1), MeshConfig(2, 2, 2), MeshConfig(1, 4, 2)]
 
@@ -25,7 +28,7 @@ def packed_batch(rows=16, length=32, vocab=128, seed=0):
     return {"tokens": rng.integers(0, vocab, (rows, length)).astype(np.int32), "segment_ids": seg, "positions": pos}
 
 
-def setup(model_cfg, mesh_cfg, opt_cfg, lr=1e-2):
+def setup(model_cfg, mesh_cfg, opt_cfg, lr=1e-2, num_sources=0):
     mesh = make_mesh(mesh_cfg, jax.devices()[:1] if mesh_cfg == MeshConfig(1, 1, 1) else None)
     graphdef, abstract = abstract_model(model_cfg, mesh)
     params = init_params(model_cfg, mesh, seed=0)
@@ -33,7 +36,8 @@ def setup(model_cfg, mesh_cfg, opt_cfg, lr=1e-2):
     tx = make_optimizer(opt_cfg)
     st_sh = train_state_shardings(tx, shardings, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params), mesh)
     state = new_train_state(tx, params, st_sh)
-    step = jit_train_step(make_train_step(graphdef, tx, optax.constant_schedule(lr), opt_cfg, mesh), st_sh, mesh)
+    step = jit_train_step(make_train_step(graphdef, tx, optax.constant_schedule(lr), opt_cfg, mesh, num_sources),
+                          st_sh, mesh)
     return mesh, graphdef, state, step
 
 
@@ -91,12 +95,26 @@ def test_parameters_and_moments_are_sharded_by_the_rules(tiny_model_cfg, mesh_cf
 
 
 def test_grad_accumulation_equals_one_big_batch(tiny_model_cfg):
+    """Also the per-source loss: source_ids route each row's loss to its source, from the same
+    forward pass, equal with and without accumulation and to a separate pass on those rows."""
     batch = packed_batch()
+    batch["source_ids"] = np.repeat(np.array([0, 1, 1, 0] * 4, np.int32)[:, None], 32, axis=1)  # source 2: none
+    names = ("code", "new", "replay")
     out = []
     for accum in (1, 2):
         opt = OptimizerConfig(grad_accum=accum)
-        mesh, _, state, step = setup(tiny_model_cfg, MeshConfig(1, 8, 1) if accum == 1 else MeshConfig(2, 2, 2), opt)
+        mesh_cfg = MeshConfig(1, 8, 1) if accum == 1 else MeshConfig(2, 2, 2)
+        mesh, graphdef, state, step = setup(tiny_model_cfg, mesh_cfg, opt, num_sources=3)
+        if accum == 1:
+            logits = nnx.merge(graphdef, state.params)(batch["tokens"], batch["positions"], batch["segment_ids"])
+            rows = [np.nonzero(batch["source_ids"][:, 0] == k)[0] for k in range(2)]
+            want = [float(lm_loss(logits[r], {k: v[r] for k, v in batch.items()})[0]) for r in rows]
         state, metrics = step(state, jax.device_put(batch, batch_sharding(mesh)))
+        losses = per_source_losses(metrics, names)
+        assert set(losses) == {"loss/code", "loss/new", "tokens/code", "tokens/new", "tokens/replay"}
+        assert losses["tokens/replay"] == 0.0
+        assert losses["tokens/code"] + losses["tokens/new"] == float(metrics["tokens"])
+        np.testing.assert_allclose([losses["loss/code"], losses["loss/new"]], want, rtol=1e-5)
         out.append((float(metrics["loss"]), float(metrics["grad_norm"]), jax.device_get(state.params)))
     assert abs(out[0][0] - out[1][0]) < 1e-5 and abs(out[0][1] - out[1][1]) < 1e-4
     # Adam divides by sqrt(v): near-zero gradients amplify float reassociation, so compare the
@@ -127,3 +145,4 @@ def test_z_loss_and_lr_are_reported(tiny_model_cfg):
     mesh, _, state, step = setup(tiny_model_cfg, MeshConfig(1, 8, 1), OptimizerConfig(z_loss=1e-4), lr=5e-4)
     _, metrics = step(state, jax.device_put(batch, batch_sharding(mesh)))
     assert float(metrics["z_loss"]) > 0 and abs(float(metrics["lr"]) - 5e-4) < 1e-9
+

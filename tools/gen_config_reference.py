@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from cpt_jax.config.reference import run_config_reference
+from cpt_jax.cli.reference import run_config_reference
 
 if __name__ == "__main__":
     out = Path(__file__).resolve().parent.parent / "configs" / "REFERENCE.md"

@@ -1,4 +1,10 @@
-"""Held-out loss and perplexity of a checkpoint on every source of a plan (learning and forgetting)."""
+"""Held-out loss per source and downstream-task scores of a run, a checkpoint or an HF folder.
+
+  cpt-jax eval RUN_DIR                      held-out sources of the run's plan (+ its eval.tasks)
+  cpt-jax eval CKPT_DIR@STEP --plan PLAN    a checkpoint on a plan's held-out sources
+  cpt-jax eval --model HF_DIR --task mc=questions.jsonl --shots 5 --fewshot mc=train.jsonl
+  cpt-jax eval PLAN [--ckpt DIR@STEP]       a plan's run (or another checkpoint) on its sources
+"""
 
 from __future__ import annotations
 
@@ -7,14 +13,29 @@ import json
 import sys
 from pathlib import Path
 
-from cpt_jax.cli.train import add_cpu_devices_argument, apply_cpu_devices
+from cpt_jax.cli.common import add_cpu_devices_argument, apply_cpu_devices
+
+
+def _pair(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH.jsonl, got {text!r}")
+    return name, path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="plan YAML whose data sources (and model) to use")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
-    parser.add_argument("--ckpt", default=None,
-                        help="DIR[@STEP]: a run directory or model checkpoint (default: the plan's run_dir)")
+    parser.add_argument("target", nargs="?", default=None,
+                        help="a run directory, a checkpoint DIR[@STEP], or a plan YAML (its run_dir)")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="overrides of the plan")
+    parser.add_argument("--model", default=None, metavar="HF_DIR", help="evaluate a Hugging Face folder instead")
+    parser.add_argument("--plan", default=None, help="plan YAML whose held-out sources (and mesh) to use")
+    parser.add_argument("--ckpt", default=None, help="DIR[@STEP] to evaluate when TARGET is a plan")
+    parser.add_argument("--task", action="append", default=[], metavar="NAME=PATH.jsonl",
+                        help="a downstream task (repeatable); add :loglikelihood for a perplexity task")
+    parser.add_argument("--shots", type=int, default=0, help="k-shot prompts for the multiple-choice tasks")
+    parser.add_argument("--fewshot", action="append", default=[], type=_pair, metavar="NAME=PATH.jsonl",
+                        help="the split a task's shots are drawn from (repeatable)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer for the tasks (default: the model's)")
     parser.add_argument("--batches", type=int, default=None, help="eval batches per source (default: eval.batches)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     add_cpu_devices_argument(parser)
@@ -22,38 +43,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     apply_cpu_devices(args.cpu_devices)
-    import jax
+    from cpt_jax.eval import evaluate, format_results
+    from cpt_jax.tasks import parse_task_spec
 
-    from cpt_jax.checkpoint.params import load_model_checkpoint, read_model_config
-    from cpt_jax.cli.errors import UserError
-    from cpt_jax.config.run import load_run_config
-    from cpt_jax.data import DataPipeline
-    from cpt_jax.eval import heldout_losses
-    from cpt_jax.sharding import make_mesh
-    from cpt_jax.train.init import check_compatible, parse_ckpt_ref
-    from cpt_jax.train.state import abstract_model, param_shardings
-    from cpt_jax.train.step import batch_sharding, make_eval_step
-
-    cfg = load_run_config(args.config, args.overrides)
-    path, step = parse_ckpt_ref(args.ckpt or cfg.run_dir)
-    if not Path(path).exists():
-        raise UserError(f"checkpoint {path} does not exist; train first or pass --ckpt")
-    check_compatible(read_model_config(path, step), cfg.model, "--ckpt")
-    mesh = make_mesh(cfg.mesh)
-    graphdef, _ = abstract_model(cfg.model, mesh)
-    shardings = param_shardings(cfg.model, mesh)
-    params, _, meta = load_model_checkpoint(path, shardings=shardings, step=step)
-    pipe = DataPipeline(cfg.data, vocab_size=cfg.model.vocab_size)
-    pipe.check(vocab_size=cfg.model.vocab_size, tokenizer=cfg.tokenizer or None)
-    bs = cfg.eval.batch_size or cfg.data.global_batch_size
-    sharding = batch_sharding(mesh)
-    results = heldout_losses(make_eval_step(graphdef, shardings, mesh), params, pipe, args.batches or cfg.eval.batches,
-                             bs, lambda b: jax.device_put(b, sharding))
-    print(f"{'source':<16} {'loss':>8} {'ppl':>10} {'tokens':>10}")
-    for source, r in results.items():
-        print(f"{source:<16} {r['loss']:>8.4f} {r['ppl']:>10.2f} {int(r['tokens']):>10,}")
+    fewshot = dict(args.fewshot)
+    tasks = [parse_task_spec(spec, shots=args.shots, fewshot=fewshot) for spec in args.task]
+    target, plan, overrides = args.target, args.plan, list(args.overrides)
+    if args.model and target and "=" in target:  # --model HF_DIR --plan P key=value: no TARGET
+        target, overrides = None, [target, *overrides]
+    if args.ckpt:
+        target, plan = args.ckpt, target
+    results = evaluate(target, model_dir=args.model, plan=plan, overrides=overrides, tasks=tasks,
+                       batches=args.batches, tokenizer=args.tokenizer)
+    print(format_results(results))
     if args.json:
-        Path(args.json).write_text(json.dumps({"checkpoint": str(path), "step": meta.get("step"), "results": results},
-                                              indent=2))
+        Path(args.json).write_text(json.dumps(results, indent=2))
         print(f"wrote {args.json}", file=sys.stderr)
     return 0

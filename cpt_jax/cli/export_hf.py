@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 
-DTYPES = {"fp32": "fp32", "bf16": "bf16", "float32": "fp32", "bfloat16": "bf16"}
+EXPORT_DTYPES = ["fp32", "bf16", "float32", "bfloat16"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("ckpt_dir", help="a run directory or a model checkpoint (from import-hf)")
     parser.add_argument("out_dir", help="new Hugging Face folder")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="dtype of the written tensors")
+    parser.add_argument("--dtype", choices=EXPORT_DTYPES, default="float32", help="dtype of the written tensors")
     parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors file, e.g. 5GB or 500MB")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     parser.add_argument("--tokenizer", default=None,
@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from cpt_jax.hf import export_hf
 
-    out = export_hf(args.ckpt_dir, args.out_dir, dtype=DTYPES[args.dtype], max_shard_size=args.max_shard_size,
+    out = export_hf(args.ckpt_dir, args.out_dir, dtype=args.dtype, max_shard_size=args.max_shard_size,
                     step=args.step, overwrite=args.overwrite, tokenizer_file=args.tokenizer, progress=True)
     print(f"exported {args.ckpt_dir} -> {out} (load with transformers.AutoModelForCausalLM.from_pretrained)")
     return 0

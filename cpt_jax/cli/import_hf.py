@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import argparse
 
-from cpt_jax.cli.train import add_cpu_devices_argument, apply_cpu_devices
+from cpt_jax.cli.common import add_cpu_devices_argument, apply_cpu_devices
 
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "float32": "float32", "bfloat16": "bfloat16"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("hf_dir", help="folder with config.json, *.safetensors and tokenizer files")
     parser.add_argument("out_dir", help="new cpt_jax model checkpoint (start a phase with init: ckpt:OUT_DIR)")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32",
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "float32", "bfloat16"], default="float32",
                         help="compute dtype written into the model config (parameters are stored fp32, exact)")
     for axis in ("data", "fsdp", "tensor"):
         flags = [f"--mesh.{axis}"] + (["--fsdp"] if axis == "fsdp" else [])
@@ -35,9 +34,10 @@ def run(args: argparse.Namespace) -> int:
     import jax
     import yaml
 
-    from cpt_jax.checkpoint.params import read_model_config
+    from cpt_jax.checkpoint.model_checkpoint import read_model_config
     from cpt_jax.config.base import from_dict, to_dict
     from cpt_jax.hf import import_hf
+    from cpt_jax.model.config import canonical_dtype
     from cpt_jax.sharding import MeshConfig, make_mesh
 
     sizes = {axis: getattr(args, f"mesh_{axis}") for axis in ("data", "fsdp", "tensor")}
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         if -1 not in given.values():  # an import may use fewer devices than the machine has
             devices = devices[:math.prod(given.values())]
         mesh = make_mesh(mesh_cfg, devices)
-    out = import_hf(args.hf_dir, args.out_dir, dtype=DTYPES[args.dtype], overwrite=args.overwrite, mesh=mesh,
+    out = import_hf(args.hf_dir, args.out_dir, dtype=canonical_dtype(args.dtype), overwrite=args.overwrite, mesh=mesh,
                     progress=True)
     print(f"imported {args.hf_dir} -> {out}")
     print(f"model section for your plan (start a phase with init: ckpt:{out}):")

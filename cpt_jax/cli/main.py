@@ -7,9 +7,7 @@ import importlib
 import os
 import sys
 
-from cpt_jax.config.base import ConfigError
-from cpt_jax.cli.errors import UserError
-from cpt_jax.data.errors import DataError
+from cpt_jax.errors import UserError
 
 # name -> module; each module has add_arguments(parser) and run(args) -> int, and its docstring's
 # first line is the help text. Modules are imported lazily so `--help` stays fast.
@@ -18,9 +16,13 @@ COMMANDS = {
     "prepare": "cpt_jax.cli.prepare",
     "import-hf": "cpt_jax.cli.import_hf",
     "export-hf": "cpt_jax.cli.export_hf",
+    "merge": "cpt_jax.cli.merge",
+    "extend-vocab": "cpt_jax.cli.extend_vocab",
     "schedule": "cpt_jax.cli.schedule",
     "eval": "cpt_jax.cli.eval",
     "report": "cpt_jax.cli.report",
+    "estimate": "cpt_jax.cli.estimate",
+    "fit-mixture": "cpt_jax.cli.fit_mixture",
     "demo": "cpt_jax.cli.demo",
 }
 
@@ -57,10 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     sub_parser = argparse.ArgumentParser(prog=f"cpt-jax {argv[0]}", description=(module.__doc__ or "").strip(),
                                          formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(sub_parser)
-    args = sub_parser.parse_args(argv[1:])
+    # Intermixed: `key=value` overrides may come before or after flags.
+    args = sub_parser.parse_intermixed_args(argv[1:])
     try:
         return int(module.run(args) or 0)
-    except (UserError, ConfigError, DataError) as e:
+    except UserError as e:  # the library's one error hierarchy: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from cpt_jax.cli.errors import UserError
-from cpt_jax.data.errors import DataError
+from cpt_jax.errors import UserError
+from cpt_jax.errors import DataError
 from cpt_jax.data.readers import ReadOptions
 
 
@@ -30,7 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--txt-split", choices=["file", "blank-lines"], default="file",
                         help="txt: one document per file (default) or per blank-line separated block")
     parser.add_argument("--eos-token", default="", help="tokenizer.json: end-of-document token if not detected")
-    parser.add_argument("--add-bos", action="store_true", help="also start every document with BOS")
+    parser.add_argument("--add-bos", action=argparse.BooleanOptionalAction, default=None,
+                        help="start every document with BOS, or not (default: as the upstream tokenizer does: "
+                             "tokenizer_config.json add_bos_token, tokenizer.json template, sentencepiece BOS piece)")
     held = parser.add_mutually_exclusive_group()
     held.add_argument("--eval-docs", type=int, help="held-out documents (default: 50; 0: none)")
     held.add_argument("--eval-fraction", type=float, default=0.0, help="hold out this fraction instead")
@@ -60,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     summary = {"out": args.out, "train_documents": splits["train"]["documents"],
                "train_tokens": splits["train"]["tokens"], "eval_documents": splits["eval"]["documents"],
                "eval_tokens": splits["eval"]["tokens"], "skipped": manifest["skipped"]["by_reason"],
-               "vocab_size": manifest["tokenizer"]["vocab_size"], "tokenizer": manifest["tokenizer"]["path"]}
+               "vocab_size": manifest["tokenizer"]["vocab_size"], "tokenizer": manifest["tokenizer"]["path"],
+               "add_bos": manifest["tokenizer"]["add_bos"], "add_bos_reason": manifest["tokenizer"]["add_bos_reason"]}
     print(json.dumps(summary, indent=1))
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,21 +12,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cpt_jax.cli.errors import UserError
-    from cpt_jax.report import load_run, phase_table, plot_compare, plot_run
+    from cpt_jax.report import write_report
 
-    labels = args.labels or [None] * len(args.run_dirs)
-    if len(labels) != len(args.run_dirs):
-        raise UserError(f"--labels gave {len(labels)} labels for {len(args.run_dirs)} runs; give one per run")
-    runs = [load_run(d, label) for d, label in zip(args.run_dirs, labels)]
-    out = Path(args.out or Path(args.run_dirs[0]) / "report")
-    written = [plot_run(r, out / f"curves-{r.label}.png") for r in runs]
-    if len(runs) > 1:
-        written.append(plot_compare(runs, out / "compare.png"))
-    table = phase_table(runs)
-    (out / "heldout.md").write_text("# Held-out loss per domain\n\n" + table)
-    written.append(out / "heldout.md")
-    print(table)
-    for path in written:
+    report = write_report(args.run_dirs, args.out, args.labels)
+    print(report.tables)
+    for path in report.written:
         print(f"wrote {path}")
     return 0

@@ -1,4 +1,5 @@
-"""Print a plan's learning-rate key points (peaks, boundaries, final LR) and plot it to PNG.
+"""Print a plan's learning-rate key points (peaks, boundaries, final LR) and plot it to PNG, and
+the tokens and epochs each source will give per phase (warning past data.max_epochs_warning).
 
 Reads the same run config as `cpt-jax train` (with the same key.sub=value overrides), so what
 it shows is the schedule training will use: lr(global step), continuous across resume.
@@ -31,7 +32,7 @@ def format_table(points: list[dict]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cpt_jax.config.run import load_run_config
+    from cpt_jax.train.config import load_run_config
     from cpt_jax.schedules import key_points, plan_phases
 
     cfg = load_run_config(args.config, args.overrides)
@@ -41,8 +42,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(phases)} phase(s), {total:,} steps, {total * cfg.tokens_per_step:,} tokens "
           f"({cfg.tokens_per_step:,} per step)")
     print(format_table(key_points(phases, cfg.tokens_per_step)))
+    from cpt_jax.data.forecast import forecast, format_forecast
+
+    print("\ndata per phase (epochs: times each source is read, over the run so far)")
+    print(format_forecast(forecast(cfg.data, [(p.name, p.mixture, n) for p, n in zip(cfg.phases, cfg.phase_steps())])))
     if args.plot:
-        from cpt_jax.cli.errors import UserError
+        from cpt_jax.errors import UserError
         from cpt_jax.schedules.plot import plot_plan
 
         try:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
+import json
 import types
 import typing
 from pathlib import Path
@@ -17,15 +19,9 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
+from cpt_jax.errors import ConfigError
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A bad configuration value; the message names the key and how to fix it."""
-
-    def __init__(self, key: str, message: str):
-        self.key = key
-        super().__init__(f"config error at '{key or '<root>'}': {message}")
 
 
 def fail(path: str, key: str, message: str) -> typing.NoReturn:
@@ -151,6 +147,13 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: to_dict(v) for k, v in obj.items()}
     return obj
+
+
+def fingerprint(obj: Any, ignore: tuple[str, ...] = ()) -> str:
+    """Short stable hash of a config's plain form, leaving out the top-level sections in `ignore`.
+    The one fingerprint of cpt_jax: which sections to ignore says what it protects."""
+    plain = {k: v for k, v in to_dict(obj).items() if k not in ignore}
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

@@ -1,16 +1,14 @@
-"""Data: prepare text into shards, pack documents into rows, mix sources at exact ratios.
+"""Data: prepare text into shards, pack documents into rows, mix sources at the requested ratios.
 
 Heavy modules (grain, which imports jax) load on first use, so `prepare` workers start fast.
 """
 
 from cpt_jax.data.config import DataConfig, SourceConfig
-from cpt_jax.data.errors import DataError
+from cpt_jax.errors import DataError
 
 _LAZY = {
     "DataPipeline": "cpt_jax.data.pipeline",
     "TrainIterator": "cpt_jax.data.pipeline",
-    "host_row_range": "cpt_jax.data.pipeline",
-    "to_global_batch": "cpt_jax.data.pipeline",
     "MixturePlan": "cpt_jax.data.mixture",
     "plan_mixture": "cpt_jax.data.mixture",
     "PrepareOptions": "cpt_jax.data.prepare",

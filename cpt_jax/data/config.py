@@ -13,6 +13,9 @@ from typing import Literal
 from cpt_jax.config.base import fail, join, require
 
 
+SYNTHETIC_ONLY = ("vocab_size", "num_docs", "eval_docs", "min_len", "max_len", "seed")
+
+
 @dataclass(frozen=True)
 class SourceConfig:
     kind: Literal["prepared", "synthetic"] = "prepared"  # files from `cpt-jax prepare`, or generated documents
@@ -28,6 +31,11 @@ class SourceConfig:
     def validate(self, path: str) -> None:
         if self.kind == "prepared":
             require(bool(self.path), path, "path", "set the directory written by `cpt-jax prepare`")
+            # Keys only synthetic sources read would be silently ignored: refuse them.
+            default = SourceConfig()
+            for key in SYNTHETIC_ONLY:
+                require(getattr(self, key) == getattr(default, key), path, key,
+                        "only synthetic sources read it (a prepared source's documents come from its files); remove it")
             return
         require(self.vocab_size == 0 or self.vocab_size >= 8, path, "vocab_size",
                 f"synthetic sources need vocab_size >= 8 (or 0 for the model's), got {self.vocab_size}")
@@ -46,6 +54,7 @@ class DataConfig:
     workers: int = 0  # grain worker processes (0: load in the training process)
     read_threads: int = 2  # threads per process materialising packed rows
     prefetch: int = 8  # batches buffered ahead per process
+    max_epochs_warning: float = 4.0  # `cpt-jax schedule` warns when a source would be repeated more often
 
     def validate(self, path: str) -> None:
         require(bool(self.sources), path, "sources", "define at least one named source")
@@ -58,3 +67,5 @@ class DataConfig:
         require(self.workers >= 0, path, "workers", "must be >= 0")
         require(self.read_threads >= 1, path, "read_threads", "must be >= 1")
         require(self.prefetch >= 1, path, "prefetch", "must be >= 1")
+        require(self.max_epochs_warning > 0, path, "max_epochs_warning",
+                f"must be > 0 (epochs of a source before a warning), got {self.max_epochs_warning}")

@@ -2,7 +2,8 @@
 
     manifest.json            everything below, written atomically after all shards
     doc_lengths.npz          tokens per document (EOS included), arrays 'train' and 'eval'
-    train-00000.arrayrecord  one record per document: token ids as little-endian uint16/uint32
+    train-00000.arrayrecord  documents in order, each as records of at most `chunk_tokens` token ids
+                             (little-endian uint16/uint32), so a slice of a long document is cheap
     eval-00000.arrayrecord   held-out documents of the same chunk of input (or of an eval input file)
     unit-00000.json          per chunk of input: input hash, lengths, skips (lets a rerun resume)
 """
@@ -16,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cpt_jax.data.errors import DataError
+from cpt_jax.errors import DataError
 
 FORMAT = "cpt_jax.prepared/1"
 MANIFEST = "manifest.json"
 LENGTHS = "doc_lengths.npz"
 SPLITS = ("train", "eval")
+CHUNK_TOKENS = 4096  # tokens per record; manifests without "chunk_tokens" hold one record per document
 
 
 def shard_name(split: str, unit: int) -> str:
@@ -82,6 +84,10 @@ class Prepared:
     @property
     def dtype(self) -> np.dtype:
         return np.dtype(self.manifest["token_dtype"])
+
+    @property
+    def chunk_tokens(self) -> int:
+        return int(self.manifest.get("chunk_tokens", 0))
 
 
 def open_prepared(root: str | Path) -> Prepared:

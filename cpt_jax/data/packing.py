@@ -4,7 +4,8 @@ The stream of a source is epoch 0, epoch 1, ... back to back; epoch e is every d
 in an order shuffled with a key derived from (seed, source, epoch), each ending with EOS. Token
 offset t lies in epoch t // T (T: tokens per epoch); prefix sums of the shuffled lengths and a
 binary search find the document, so any slice of the stream is materialised directly, with no
-state: the pipeline is a pure function of the offsets it asks for. Nothing is dropped; a document
+state: the pipeline is a pure function of the offsets it asks for. Only the tokens of the slice are
+read (`Documents.read`), so a row costs O(row) however long its documents are. Nothing is dropped; a document
 cut by a row boundary continues in the next row of the same source.
 
 Each piece of a document in a row gets its own segment id (1, 2, ...), so attention never crosses
@@ -19,7 +20,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from cpt_jax.data.errors import DataError
+from cpt_jax.errors import DataError
 from cpt_jax.data.hashing import derive_key, permutation
 from cpt_jax.data.sources import Documents
 
@@ -75,11 +76,12 @@ class PackedStream:
                 break  # one pass only: the rest of the row stays padding (segment 0)
             order, ends = self.layout(epoch)
             p = int(np.searchsorted(ends, offset, side="right"))
-            doc = self.docs[int(order[p])]
-            k = offset - (int(ends[p]) - doc.size)
-            take = min(doc.size - k, n - filled)
+            doc = int(order[p])
+            size = int(self.docs.lengths[doc])
+            k = offset - (int(ends[p]) - size)
+            take = min(size - k, n - filled)
             segment += 1
-            tokens[filled:filled + take] = doc[k:k + take]
+            tokens[filled:filled + take] = self.docs.read(doc, k, k + take)  # only the tokens needed
             segments[filled:filled + take] = segment
             positions[filled:filled + take] = np.arange(take, dtype=np.int32)
             filled += take

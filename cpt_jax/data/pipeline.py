@@ -1,13 +1,23 @@
-"""The training-time pipeline: packed rows from several sources, mixed at exact per-batch counts.
+"""The training-time pipeline: packed rows from several sources, mixed at planned per-batch counts.
 
-Where a batch's rows come from is arithmetic, not state. Each source k has an endless packed
-token stream (see packing.py). A phase starts with per-source token offsets (what earlier phases
-consumed); global batch `step` takes counts[k] rows of seq_len from source k, the m-th of them at
-offset tokens[k] + (step * counts[k] + m) * seq_len. So every global batch is a pure function of
-(seed, mixture, phase start offsets, step): identical for any number of hosts, grain workers or
-restarts. Each host builds only its rows [lo, hi) of the global batch. Iterator state is the
-per-source token offsets at the next step, a small JSON-able dict; resuming with another mixture
-or batch size continues each stream where it stopped, without repeats.
+Where a batch's rows come from is arithmetic, not state. Each source has an endless packed token
+stream (see packing.py), read as rows of seq_len. A phase starts with per-source offsets (what
+earlier phases consumed). The mixture plan says how many rows of each source batch `step` holds
+and how many all batches before it held (cumulative rounding, see mixture.py), so the n-th row a
+source gives in a phase is known for any step in O(#sources). That n-th row (counted over the
+source's whole stream) is read from row position block_position(n): the stream is cut into
+blocks of W rows (W = BLOCK_ROWS, or one epoch's rows for a small source) and inside a block the
+n-th row read is row (n * a) mod W, a stride coprime to W. So the rows one batch takes from a
+source lie far apart in its stream (one long document cannot fill a batch), each row of a block
+is read exactly once, and blocks are read in stream order: nothing is re-read or skipped, and a
+source's epochs are consumed in order (a block may straddle two epochs).
+
+Every global batch is thus a pure function of (seed, mixture, phase start offsets, step):
+identical for any number of hosts, grain workers or restarts. Each host builds only its rows
+[lo, hi) of the global batch. Iterator state is the per-source offsets at the next step, a small
+JSON-able dict; resuming with another mixture or batch size continues each stream where it
+stopped, without repeats (with another seq_len, at the next block boundary). Every row carries
+`source_ids`: the index of its source among the sorted names of data.sources, for per-source loss.
 
 grain does the loading: a MapDataset over this host's row indices materialises packed rows,
 batches them, and prefetches with threads (ReadOptions) and optionally worker processes.
@@ -24,36 +34,72 @@ import grain
 import numpy as np
 
 from cpt_jax.data.config import DataConfig
-from cpt_jax.data.errors import DataError
+from cpt_jax.errors import DataError
 from cpt_jax.data.hashing import derive_key, sha256_file
 from cpt_jax.data.mixture import MixturePlan, plan_mixture
 from cpt_jax.data.packing import PackedStream
 from cpt_jax.data.sources import Source, open_source
 
-STATE_VERSION = 1
-BATCH_KEYS = ("tokens", "segment_ids", "positions")
+STATE_VERSION = 2
+BATCH_KEYS = ("tokens", "segment_ids", "positions", "source_ids")
+BLOCK_ROWS = 1024  # rows per block of a source's stream inside which reads are spread
+_GOLDEN = 0.6180339887498949
+
+
+def block_rows(epoch_tokens: int, seq_len: int) -> int:
+    """W: BLOCK_ROWS, or fewer so that a block never holds more than one epoch."""
+    return max(1, min(BLOCK_ROWS, epoch_tokens // seq_len))
+
+
+def block_position(n: int, width: int) -> int:
+    """Row position of the n-th row read from a stream cut into blocks of `width` rows."""
+    stride = max(1, round(width * _GOLDEN))
+    while math.gcd(stride, width) != 1:
+        stride += 1
+    block, i = divmod(n, width)
+    return block * width + (i * stride) % width
+
+
+def _start(tokens: int, seq_len: int) -> tuple[int, int]:
+    """(origin, rows) of a token offset: rows of seq_len counted from origin."""
+    return (0, tokens // seq_len) if tokens % seq_len == 0 else (tokens, 0)
 
 
 class _Cursor:
-    """Where batch `step` of a phase reads: a pure function of (plan, base_step, base_tokens)."""
+    """Where batch `step` of a phase reads: a pure function of (plan, base_step, origins, rows).
 
-    def __init__(self, streams: dict[str, PackedStream], plan: MixturePlan, seq_len: int,
-                 base_step: int, base_tokens: Mapping[str, int]):
+    origin[n] + rows[n] * seq_len is the token offset of source n at phase step base_step: rows
+    counts the rows read from the block grid that starts at origin (0 unless seq_len changed)."""
+
+    def __init__(self, streams: dict[str, PackedStream], plan: MixturePlan, seq_len: int, base_step: int,
+                 origin: Mapping[str, int], rows: Mapping[str, int], source_index: Mapping[str, int]):
         self.streams, self.plan, self.seq_len = streams, plan, seq_len
         self.base_step = base_step
-        self.base_tokens = {n: int(base_tokens.get(n, 0)) for n in streams}
+        self.origin = {n: int(origin.get(n, 0)) for n in streams}
+        self.base_rows = {n: int(rows.get(n, 0)) for n in streams}
+        self.source_index = dict(source_index)
+        self.width = {n: block_rows(s.epoch_tokens, seq_len) for n, s in streams.items()}
+
+    def rows_before(self, step: int) -> dict[str, int]:
+        """Per-source rows read once batches base_step..step-1 are consumed."""
+        now, then = self.plan.cumulative(step), self.plan.cumulative(self.base_step)
+        extra = {n: a - b for n, a, b in zip(self.plan.names, now, then)}
+        return {n: r + extra.get(n, 0) for n, r in self.base_rows.items()}
 
     def tokens_before(self, step: int) -> dict[str, int]:
-        """Per-source stream offsets once batches base_step..step-1 are consumed."""
-        done = step - self.base_step
-        return {n: t + done * self.plan.rows(n) * self.seq_len for n, t in self.base_tokens.items()}
+        """Per-source stream offsets (tokens consumed) once batches base_step..step-1 are consumed."""
+        return {n: self.origin[n] + r * self.seq_len for n, r in self.rows_before(step).items()}
 
     def row(self, step: int, j: int) -> dict[str, np.ndarray]:
         """Row j of global batch `step`."""
-        k, m = self.plan.order[j], self.plan.slot[j]
+        order, slot = self.plan.layout(step)
+        k = order[j]
         name = self.plan.names[k]
-        rows_before = (step - self.base_step) * self.plan.counts[k] + m
-        return self.streams[name].read(self.base_tokens[name] + rows_before * self.seq_len, self.seq_len)
+        n = self.base_rows[name] + self.plan.cumulative(step)[k] - self.plan.cumulative(self.base_step)[k] + slot[j]
+        position = block_position(n, self.width[name])
+        row = self.streams[name].read(self.origin[name] + position * self.seq_len, self.seq_len)
+        row["source_ids"] = np.full(self.seq_len, self.source_index[name], np.int32)
+        return row
 
     def rows(self, step: int, lo: int, hi: int) -> dict[str, np.ndarray]:
         rows = [self.row(step, j) for j in range(lo, hi)]
@@ -74,6 +120,14 @@ class _LocalRows:
         return self.cursor.row(self.cursor.base_step + step, self.lo + j)
 
 
+def consumption(cursor: _Cursor, step: int) -> dict[str, dict[str, float]]:
+    """{source: {tokens, epochs}} consumed once batches before `step` are done: epochs is
+    tokens / tokens per epoch, so 2.5 means every document was trained on two or three times."""
+    tokens = cursor.tokens_before(step)
+    return {n: {"tokens": t, "epochs": t / cursor.streams[n].epoch_tokens if cursor.streams[n].epoch_tokens else 0.0}
+            for n, t in tokens.items()}
+
+
 class TrainIterator:
     """Yields this host's slice of successive global batches (dict of int32 [hi - lo, seq_len])."""
 
@@ -89,6 +143,10 @@ class TrainIterator:
     def step(self) -> int:
         """The phase step of the next batch."""
         return self._cursor.base_step + self._yielded
+
+    @property
+    def plan(self) -> MixturePlan:
+        return self._cursor.plan
 
     def _build(self):
         n = self.hi - self.lo
@@ -112,22 +170,33 @@ class TrainIterator:
         self._yielded += 1
         return {k: np.asarray(batch[k], dtype=np.int32) for k in BATCH_KEYS}
 
+    def consumption(self) -> dict[str, dict[str, float]]:
+        """Tokens and epochs of each source consumed by the batches yielded so far."""
+        return consumption(self._cursor, self.step)
+
+    def realised(self) -> dict[str, float]:
+        """Share of this phase's rows so far that each source got (the plan's cumulative rounding)."""
+        return self.plan.realised(self.step)
+
     def state(self) -> dict:
         """JSON-able position after the batches yielded so far (not those prefetched)."""
-        tokens = self._cursor.tokens_before(self.step)
-        streams = self._cursor.streams
+        c = self._cursor
+        rows = c.rows_before(self.step)
+        used = self.consumption()
         return {
             "version": STATE_VERSION,
             "seed": self._cfg.seed,
             "phase": self.phase,
             "step": self.step,
             "mixture": dict(self._mixture),
-            "rows_per_batch": {n: self._cursor.plan.rows(n) for n in streams},
+            "realised": self.realised(),
             "seq_len": self._cfg.seq_len,
             "global_batch_size": self._cfg.global_batch_size,
-            "tokens": tokens,
-            "epochs": {n: streams[n].epoch_of(tokens[n]) for n in streams},
-            "epoch_tokens": {n: streams[n].epoch_tokens for n in streams},
+            "origin": dict(c.origin),
+            "rows": rows,
+            "tokens": {n: u["tokens"] for n, u in used.items()},
+            "epochs": {n: u["epochs"] for n, u in used.items()},
+            "epoch_tokens": {n: s.epoch_tokens for n, s in c.streams.items()},
         }
 
     def close(self) -> None:
@@ -216,6 +285,11 @@ class DataPipeline:
         self._require_open()
         return [n for n, s in self.sources.items() if int(np.sum(s.eval.lengths)) > 0]
 
+    @property
+    def source_names(self) -> tuple[str, ...]:
+        """Names of data.sources, sorted: batch['source_ids'] indexes this tuple."""
+        return tuple(sorted(self.cfg.sources))
+
     def phase_start_tokens(self, phases: Sequence[tuple[Mapping[str, float], int]], phase: int) -> dict[str, int]:
         """Per-source stream offsets at step 0 of `phase`, given every phase's (mixture, steps):
         what the earlier phases consumed, so each phase continues the streams where the one
@@ -223,9 +297,28 @@ class DataPipeline:
         tokens = {n: 0 for n in self.sources}
         for mixture, steps in phases[:phase]:
             plan = self.plan(mixture)
-            for n in plan.names:
-                tokens[n] += steps * plan.rows(n) * self.cfg.seq_len
+            for n, rows in zip(plan.names, plan.cumulative(steps)):
+                tokens[n] += rows * self.cfg.seq_len
         return tokens
+
+    def consumption(self, mixture: Mapping[str, float], phase: int = 0, step: int = 0, *,
+                    start_tokens: Mapping[str, int] | None = None) -> dict[str, dict[str, float]]:
+        """{source: {tokens, epochs}} consumed once batches 0..step-1 of a phase are trained on
+        (start_tokens as for train_iterator): a pure function of the plan, cheap for any step."""
+        return consumption(self._cursor(mixture, phase, 0, start_tokens), step)
+
+    def _cursor(self, mixture: Mapping[str, float], phase: int, start_step: int,
+                start_tokens: Mapping[str, int] | None) -> _Cursor:
+        plan = self.plan(mixture)
+        starts = {n: _start(int(t), self.cfg.seq_len) for n, t in _phase_start(phase, start_tokens).items()}
+        origin = {n: o for n, (o, _) in starts.items()}
+        base = _Cursor(self._streams, plan, self.cfg.seq_len, 0, origin, {n: r for n, (_, r) in starts.items()},
+                       self._source_index())
+        return _Cursor(self._streams, plan, self.cfg.seq_len, start_step, origin, base.rows_before(start_step),
+                       self._source_index())
+
+    def _source_index(self) -> dict[str, int]:
+        return {n: i for i, n in enumerate(self.source_names)}
 
     # -- training -------------------------------------------------------------------------------
     def train_iterator(self, mixture: Mapping[str, float], phase: int = 0, start_step: int = 0,
@@ -241,9 +334,7 @@ class DataPipeline:
         of the global batch (see `host_row_range`); default: the process_index-th of
         process_count equal slices. num_steps: stop after this many batches (default: endless).
         """
-        plan = self.plan(mixture)
-        base = _Cursor(self._streams, plan, self.cfg.seq_len, 0, _phase_start(phase, start_tokens))
-        cursor = _Cursor(self._streams, plan, self.cfg.seq_len, start_step, base.tokens_before(start_step))
+        cursor = self._cursor(mixture, phase, start_step, start_tokens)
         lo, hi = self._row_range(process_index, process_count, row_range)
         return TrainIterator(cursor, self.cfg, phase, lo, hi, num_steps, mixture)
 
@@ -251,24 +342,33 @@ class DataPipeline:
                mixture: Mapping[str, float] | None = None, row_range: tuple[int, int] | None = None,
                num_steps: int | None = None) -> TrainIterator:
         """Continue from `TrainIterator.state()`. With the same config the batches are those the
-        first run would have produced; with a new mixture, batch size or seq_len, every source
-        continues where it stopped."""
-        if state.get("version") != STATE_VERSION:
+        first run would have produced; with a new mixture or batch size every source continues
+        where it stopped; with a new seq_len, at the end of the block it was reading."""
+        if state.get("version") not in (1, STATE_VERSION):
             raise DataError(f"data iterator state has version {state.get('version')}, expected {STATE_VERSION}")
         if state["seed"] != self.cfg.seed:
             raise DataError(f"data.seed is {self.cfg.seed} but the checkpoint's data stream used seed "
                             f"{state['seed']}; set data.seed back to resume the same stream")
         mixture = dict(state["mixture"]) if mixture is None else mixture
-        plan = self.plan(mixture)
-        cursor = _Cursor(self._streams, plan, self.cfg.seq_len, int(state["step"]), state["tokens"])
+        seq, old_seq = self.cfg.seq_len, int(state["seq_len"])
+        origin, rows = {}, {}
+        for n, tokens in state["tokens"].items():
+            o = int(state.get("origin", {}).get(n, 0))
+            r = (int(tokens) - o) // old_seq
+            if old_seq != seq:  # another row size: start a fresh block grid after the block being read
+                width = block_rows(self._streams[n].epoch_tokens, old_seq) if n in self._streams else 1
+                o, r = o + -(-r // width) * width * old_seq, 0
+                o, r = _start(o, seq)
+            origin[n], rows[n] = o, r
+        cursor = _Cursor(self._streams, self.plan(mixture), seq, int(state["step"]), origin, rows,
+                         self._source_index())
         lo, hi = self._row_range(process_index, process_count, row_range)
         return TrainIterator(cursor, self.cfg, int(state["phase"]), lo, hi, num_steps, mixture)
 
     def global_batch(self, mixture: Mapping[str, float], phase: int = 0, step: int = 0, *,
                      start_tokens: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
         """The whole global batch `step` of a phase, without grain (tests, debugging)."""
-        cursor = _Cursor(self._streams, self.plan(mixture), self.cfg.seq_len, 0, _phase_start(phase, start_tokens))
-        return cursor.rows(step, 0, self.cfg.global_batch_size)
+        return self._cursor(mixture, phase, 0, start_tokens).rows(step, 0, self.cfg.global_batch_size)
 
     def _row_range(self, process_index: int, process_count: int, row_range) -> tuple[int, int]:
         b = self.cfg.global_batch_size
@@ -303,7 +403,8 @@ class DataPipeline:
             batches = []
             for b in range(min(num_batches, math.ceil(available / bs))):
                 rows = [stream.read((b * bs + i) * seq, seq) for i in range(bs)]
-                batches.append({k: np.stack([r[k] for r in rows]) for k in BATCH_KEYS})
+                index = np.full((bs, seq), self._source_index()[source], np.int32)
+                batches.append({**{k: np.stack([r[k] for r in rows]) for k in BATCH_KEYS[:3]}, "source_ids": index})
             self._eval_cache[key] = batches
         return self._eval_cache[key]
 
@@ -315,24 +416,3 @@ def _phase_start(phase: int, start_tokens: Mapping[str, int] | None) -> Mapping[
                             "pipe.phase_start_tokens([(mixture, steps), ...], phase), or {} to restart every stream")
         return {}
     return start_tokens
-
-
-def host_row_range(sharding, global_batch_size: int, seq_len: int) -> tuple[int, int]:
-    """Rows [lo, hi) of the global batch that this process's devices hold under `sharding`."""
-    index_map = sharding.addressable_devices_indices_map((global_batch_size, seq_len))
-    spans = sorted({(s[0].start or 0, global_batch_size if s[0].stop is None else s[0].stop)
-                    for s in index_map.values()})
-    lo, hi = spans[0][0], spans[-1][1]
-    covered = sum(b - a for a, b in spans)
-    if covered != hi - lo:
-        raise DataError(f"this process holds non-contiguous rows {spans} of the batch; order the mesh devices "
-                        "by process (jax.make_mesh does) so each host holds one contiguous slice")
-    return lo, hi
-
-
-def to_global_batch(local: Mapping[str, np.ndarray], sharding, global_batch_size: int) -> dict:
-    """Assemble the global jax.Array batch from every process's local rows."""
-    import jax
-
-    return {k: jax.make_array_from_process_local_data(sharding, v, (global_batch_size, *v.shape[1:]))
-            for k, v in local.items()}

@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cpt_jax.data import manifest as mf
-from cpt_jax.data.errors import DataError
+from cpt_jax.errors import DataError
 from cpt_jax.data.hashing import sha256_json, text_hash64
 from cpt_jax.data.readers import FileScan, ReadOptions, discover, iter_records, scan_file
 from cpt_jax.data.tokenizer import TokenizerSpec, load_tokenizer, train_sentencepiece
@@ -44,7 +44,7 @@ class PrepareOptions:
     tokenizer: str = ""  # sentencepiece .model or tokenizer.json
     train_tokenizer: int = 0  # >0: train a sentencepiece model of this vocab size instead
     eos_token: str = ""
-    add_bos: bool = False
+    add_bos: bool | None = None  # None: as the upstream tokenizer does (see tokenizer.py)
     read: ReadOptions = field(default_factory=ReadOptions)
     eval_docs: int | None = None  # held out by hash; None: 50, or 0 when eval_inputs are given
     eval_fraction: float = 0.0  # >0: hold out this fraction of documents instead of eval_docs
@@ -121,7 +121,7 @@ def prepare(opts: PrepareOptions) -> dict:
 
     spec = TokenizerSpec(opts.tokenizer, opts.eos_token, opts.add_bos)
     if opts.train_tokenizer:
-        spec = TokenizerSpec(str(out / TRAINED_TOKENIZER), opts.eos_token, opts.add_bos)
+        spec = TokenizerSpec(str(out / TRAINED_TOKENIZER), opts.eos_token, opts.add_bos, trained_here=True)
         _ensure_trained_tokenizer(out, scans, opts, cutoff)
     tok = load_tokenizer(spec)
     if opts.train_tokenizer and tok.vocab_size < opts.train_tokenizer and opts.progress:
@@ -129,7 +129,7 @@ def prepare(opts: PrepareOptions) -> dict:
                    f"not {opts.train_tokenizer}")
     dtype = mf.token_dtype(tok.vocab_size)
 
-    units = _plan_units(scans, eval_scans, opts, tok.fingerprint, cutoff, dtype)
+    units = _plan_units(scans, eval_scans, opts, tok, cutoff, dtype)
     pending = [u for u in units if not _unit_done(out, u)]
     if len(pending) < len(units) and opts.progress:
         tqdm.write(f"prepare: {len(units) - len(pending)} of {len(units)} shards already done, skipping them")
@@ -257,15 +257,15 @@ def _ensure_trained_tokenizer(out: Path, scans: list[FileScan], opts: PrepareOpt
     os.replace(tmp, key_path)
 
 
-def _plan_units(scans, eval_scans, opts, fingerprint, cutoff, dtype) -> list[Unit]:
+def _plan_units(scans, eval_scans, opts, tok, cutoff, dtype) -> list[Unit]:
     units = []
     for held_out, scan in [(False, s) for s in scans] + [(True, s) for s in eval_scans]:
         for c in range(math.ceil(scan.records / opts.shard_docs)):
             start, stop = c * opts.shard_docs, min((c + 1) * opts.shard_docs, scan.records)
             offset = scan.chunk_offsets[c] if scan.fmt == "jsonl" else 0
             key = {"format": mf.FORMAT, "file": scan.sha256, "fmt": scan.fmt, "read": asdict(opts.read),
-                   "start": start, "stop": stop, "tokenizer": fingerprint, "eos_token": opts.eos_token,
-                   "add_bos": opts.add_bos, "cutoff": cutoff, "dtype": dtype.str}
+                   "start": start, "stop": stop, "tokenizer": tok.fingerprint, "eos_token": opts.eos_token,
+                   "add_bos": tok.add_bos, "cutoff": cutoff, "dtype": dtype.str, "chunk_tokens": mf.CHUNK_TOKENS}
             if held_out:  # the key says what the unit writes: a training chunk's shards do not depend on eval files
                 key["held_out"] = True
             units.append(Unit(len(units), str(scan.path), scan.fmt, start, stop, offset, sha256_json(key), held_out))
@@ -322,11 +322,12 @@ def _write_shard(path: Path, docs: list[np.ndarray]) -> None:
     from array_record.python.array_record_module import ArrayRecordWriter
 
     tmp = path.with_name(path.name + ".tmp")
-    # group_size:1 keeps every document separately addressable: packing reads documents at random.
+    # group_size:1 keeps every record separately addressable: packing reads slices at random.
     writer = ArrayRecordWriter(str(tmp), "group_size:1")
     try:
         for doc in docs:
-            writer.write(doc.tobytes())
+            for start in range(0, doc.size, mf.CHUNK_TOKENS):
+                writer.write(doc[start:start + mf.CHUNK_TOKENS].tobytes())
     finally:
         writer.close()
     os.replace(tmp, path)
@@ -383,6 +384,7 @@ def _assemble(out, units, scans, eval_scans, tok, dtype, opts, cutoff, config_ha
         "config_hash": config_hash,
         "tokenizer": {**tok.describe(), "trained_here": opts.train_tokenizer > 0},
         "token_dtype": dtype.str,
+        "chunk_tokens": mf.CHUNK_TOKENS,
         "max_token_id": max(m["max_token_id"] for m in metas),
         "documents": sum(s["documents"] for s in splits.values()),
         "tokens": sum(s["tokens"] for s in splits.values()),
@@ -390,7 +392,7 @@ def _assemble(out, units, scans, eval_scans, tok, dtype, opts, cutoff, config_ha
         "lengths_file": mf.LENGTHS,
         "eval_selection": _eval_selection(opts, scans, eval_scans, cutoff),
         "options": {"read": asdict(opts.read), "shard_docs": opts.shard_docs, "eos_token": opts.eos_token,
-                    "add_bos": opts.add_bos},
+                    "add_bos": "auto" if opts.add_bos is None else opts.add_bos},
         "sources": sources,
         "skipped": {"count": len(skips), "by_reason": by_reason, "records": skips[:_MAX_LISTED_SKIPS],
                     "listed": min(len(skips), _MAX_LISTED_SKIPS)},

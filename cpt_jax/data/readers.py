@@ -15,7 +15,7 @@ from typing import Iterator, Literal
 
 import numpy as np
 
-from cpt_jax.data.errors import DataError
+from cpt_jax.errors import DataError
 from cpt_jax.data.hashing import sha256_file, text_hash64
 
 FORMATS = {".txt": "txt", ".jsonl": "jsonl", ".parquet": "parquet"}

@@ -8,7 +8,7 @@ from typing import Protocol
 import numpy as np
 
 from cpt_jax.data.config import SourceConfig
-from cpt_jax.data.errors import DataError
+from cpt_jax.errors import DataError
 from cpt_jax.data.manifest import open_prepared
 from cpt_jax.data.synthetic import EOS_ID, SyntheticDocs
 
@@ -18,12 +18,22 @@ class Documents(Protocol):
 
     def __getitem__(self, i: int) -> np.ndarray: ...
 
+    def read(self, i: int, start: int, stop: int) -> np.ndarray:
+        """Tokens [start, stop) of document i, reading only what they need."""
+        ...
+
 
 class PreparedDocs:
-    """Documents of one split of a prepared directory, read at random from its ArrayRecord shards."""
+    """Documents of one split of a prepared directory, read at random from its ArrayRecord shards.
 
-    def __init__(self, shards: tuple[str, ...], lengths: np.ndarray, dtype: np.dtype):
-        self.shards, self.lengths, self.dtype = shards, lengths, dtype
+    chunk_tokens > 0: each document is stored as records of at most that many tokens, so reading
+    a few tokens of a long document reads one or two records, not the document (0: one record per
+    document, directories prepared before chunking)."""
+
+    def __init__(self, shards: tuple[str, ...], lengths: np.ndarray, dtype: np.dtype, chunk_tokens: int = 0):
+        self.shards, self.lengths, self.dtype, self.chunk = shards, lengths, dtype, chunk_tokens
+        records = -(-lengths // chunk_tokens) if chunk_tokens else np.ones_like(lengths)
+        self.first_record = np.concatenate([[0], np.cumsum(records)[:-1]]).astype(np.int64)
         self._records = None
 
     def _source(self):
@@ -34,11 +44,21 @@ class PreparedDocs:
         return self._records
 
     def __getitem__(self, i: int) -> np.ndarray:
-        doc = np.frombuffer(self._source()[int(i)], dtype=self.dtype).astype(np.int32)
-        if doc.size != self.lengths[i]:
-            raise DataError(f"document {i} of {self.shards[0]}... has {doc.size} tokens but the manifest says "
-                            f"{self.lengths[i]}: the prepared data is corrupt; rerun `cpt-jax prepare --overwrite`")
-        return doc
+        return self.read(i, 0, int(self.lengths[i]))
+
+    def read(self, i: int, start: int, stop: int) -> np.ndarray:
+        size = int(self.lengths[i])
+        chunk = self.chunk or size
+        first, last = start // chunk, (stop - 1) // chunk
+        parts = []
+        for c in range(first, last + 1):
+            part = np.frombuffer(self._source()[int(self.first_record[i]) + c], dtype=self.dtype)
+            if part.size != min(chunk, size - c * chunk):
+                raise DataError(f"document {i} of {self.shards[0]}... does not match the manifest's length "
+                                f"{size}: the prepared data is corrupt; rerun `cpt-jax prepare --overwrite`")
+            parts.append(part)
+        tokens = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return tokens[start - first * chunk: stop - first * chunk].astype(np.int32)
 
     def __getstate__(self):  # grain workers reopen the shards themselves
         return {**self.__dict__, "_records": None}
@@ -72,7 +92,8 @@ def open_source(name: str, cfg: SourceConfig, model_vocab: int | None) -> Source
     except DataError as e:
         raise DataError(f"source '{name}': {e}") from e
     m = prepared.manifest
-    splits = {s: PreparedDocs(p.shards, p.lengths, prepared.dtype) for s, p in prepared.splits.items()}
+    splits = {s: PreparedDocs(p.shards, p.lengths, prepared.dtype, prepared.chunk_tokens)
+              for s, p in prepared.splits.items()}
     info = {"kind": "prepared", "path": str(prepared.root),
             **{f"{s}_documents": m["splits"][s]["documents"] for s in splits},
             **{f"{s}_tokens": m["splits"][s]["tokens"] for s in splits}, "skipped": m["skipped"]["count"]}

@@ -30,13 +30,19 @@ class SyntheticDocs:
         return len(self.lengths)
 
     def __getitem__(self, i: int) -> np.ndarray:
+        return self.read(i, 0, int(self.lengths[i]))
+
+    def read(self, i: int, start: int, stop: int) -> np.ndarray:
+        """Tokens [start, stop) of document i; only their patterns are generated."""
         n = int(self.lengths[i])
         pat_len = self.bank.shape[1]
-        slots = -(-(n - 1) // pat_len)
-        counters = (np.uint64(i) << np.uint64(_SLOT_BITS)) | np.arange(slots, dtype=np.uint64)
+        index = np.arange(start, stop)
+        body = index < n - 1
+        counters = (np.uint64(i) << np.uint64(_SLOT_BITS)) | (index[body] // pat_len).astype(np.uint64)
         choice = random_u64(self._key ^ 0x5EED, counters) % np.uint64(len(self.bank))
-        body = self.bank[choice.astype(np.int64)].reshape(-1)[: n - 1]
-        return np.concatenate([body, [EOS_ID]]).astype(np.int32)
+        out = np.full(stop - start, EOS_ID, np.int32)
+        out[body] = self.bank[choice.astype(np.int64), index[body] % pat_len]
+        return out
 
 
 def pattern_bank(vocab_size: int, seed: int, num_patterns: int = 16, pattern_len: int = 8) -> np.ndarray:

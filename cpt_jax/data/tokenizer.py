@@ -2,6 +2,12 @@
 
 Both are wrapped behind `encode_batch`, `vocab_size`, `eos_id` and a fingerprint (sha256 of the
 tokenizer file) that the manifest records, so a run can refuse data tokenized differently.
+
+Whether documents start with BOS follows the upstream tokenizer unless asked explicitly
+(add_bos=None is "auto"): a Hugging Face tokenizer by tokenizer_config.json's `add_bos_token`, else
+by whether tokenizer.json's post-processor template starts with a special token (Llama 3 style);
+a sentencepiece model whenever it has a BOS piece (Llama 1/2 style), except one trained by
+prepare itself, which has no upstream convention. The decision and its reason go to the manifest.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from cpt_jax.data.errors import DataError
+from cpt_jax.errors import DataError
 from cpt_jax.data.hashing import sha256_file
 
 # End-of-text tokens of common model families, tried in order when tokenizer.json does not
@@ -28,7 +34,8 @@ class TokenizerSpec:
 
     path: str
     eos_token: str = ""  # HF only: override the end-of-document token
-    add_bos: bool = False
+    add_bos: bool | None = None  # None: auto, as the upstream tokenizer does
+    trained_here: bool = False  # a sentencepiece model trained by prepare (auto: no BOS)
 
 
 class Tokenizer:
@@ -37,14 +44,27 @@ class Tokenizer:
     eos_id: int
     bos_id: int | None
 
+    add_bos: bool
+    add_bos_reason: str
+
     def __init__(self, spec: TokenizerSpec):
         self.spec = spec
         self.path = spec.path
         self.fingerprint = sha256_file(spec.path)
 
+    def _decide_bos(self, upstream: bool, reason: str) -> None:
+        """add_bos: the explicit choice, else the upstream tokenizer's (`upstream`, because `reason`)."""
+        if self.spec.add_bos is None:
+            self.add_bos, self.add_bos_reason = upstream, f"auto: {reason}"
+        else:
+            self.add_bos, self.add_bos_reason = self.spec.add_bos, "explicit"
+        if self.add_bos and self.bos_id is None:
+            raise DataError(f"documents should start with BOS ({self.add_bos_reason}) but {self.path} defines no BOS "
+                            "token; prepare without BOS or give a tokenizer that has one")
+
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Token ids of each document, with BOS (if asked) and EOS."""
-        prefix = [self.bos_id] if self.spec.add_bos else []
+        """Token ids of each document, with BOS (if decided) and EOS."""
+        prefix = [self.bos_id] if self.add_bos else []
         return [prefix + ids + [self.eos_id] for ids in self._encode(texts)]
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
@@ -53,7 +73,7 @@ class Tokenizer:
     def describe(self) -> dict:
         return {"path": str(Path(self.path).resolve()), "kind": self.kind, "sha256": self.fingerprint,
                 "vocab_size": self.vocab_size, "eos_id": self.eos_id, "bos_id": self.bos_id,
-                "add_bos": self.spec.add_bos}
+                "add_bos": self.add_bos, "add_bos_reason": self.add_bos_reason}
 
 
 class SentencePieceTokenizer(Tokenizer):
@@ -75,8 +95,12 @@ class SentencePieceTokenizer(Tokenizer):
         if self.eos_id < 0:
             raise DataError(f"sentencepiece model {spec.path} has no EOS piece; documents must end with "
                             "EOS: retrain it with eos_id set (the default)")
-        if spec.add_bos and self.bos_id is None:
-            raise DataError(f"--add-bos: sentencepiece model {spec.path} has no BOS piece")
+        if spec.trained_here:
+            self._decide_bos(False, "a tokenizer trained by prepare has no upstream BOS convention")
+        else:
+            self._decide_bos(self.bos_id is not None, "sentencepiece model " + (
+                "has a BOS piece (Llama-style models start documents with it)" if self.bos_id is not None
+                else "has no BOS piece"))
 
     def _encode(self, texts):
         return self._sp.encode(texts, out_type=int)
@@ -97,9 +121,15 @@ class HFTokenizer(Tokenizer):
         config = _tokenizer_config(Path(spec.path).parent)
         self.eos_id = self._find_id(spec.eos_token or _token_text(config.get("eos_token")), _KNOWN_EOS, "EOS")
         bos = _token_text(config.get("bos_token"))
+        template_bos = _template_bos(Path(spec.path))
+        bos = bos or template_bos or ""
         self.bos_id = self._tok.token_to_id(bos) if bos else None
-        if spec.add_bos and self.bos_id is None:
-            raise DataError(f"--add-bos: no bos_token in {Path(spec.path).parent / 'tokenizer_config.json'}")
+        if isinstance(config.get("add_bos_token"), bool):
+            self._decide_bos(config["add_bos_token"], f"tokenizer_config.json add_bos_token={config['add_bos_token']}")
+        elif template_bos:
+            self._decide_bos(True, f"tokenizer.json post-processor starts with {template_bos}")
+        else:
+            self._decide_bos(False, "tokenizer_config.json and tokenizer.json add no BOS")
 
     def _find_id(self, name: str, fallbacks: tuple[str, ...], what: str) -> int:
         for candidate in ([name] if name else list(fallbacks)):
@@ -122,6 +152,21 @@ def _tokenizer_config(folder: Path) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise DataError(f"{path} is not valid JSON: {e}") from e
+
+
+def _template_bos(path: Path) -> str | None:
+    """The special token a tokenizer.json's TemplateProcessing puts before a single sequence."""
+    try:
+        processor = json.loads(path.read_text()).get("post_processor") or {}
+    except (OSError, json.JSONDecodeError):
+        return None
+    candidates = processor.get("processors", []) if processor.get("type") == "Sequence" else [processor]
+    for p in candidates:
+        if p.get("type") == "TemplateProcessing" and p.get("single"):
+            first = p["single"][0]
+            if "SpecialToken" in first:
+                return first["SpecialToken"]["id"]
+    return None
 
 
 def _token_text(value) -> str:

@@ -16,9 +16,10 @@ from pathlib import Path
 import yaml
 
 from cpt_jax.config.base import from_dict, to_dict
-from cpt_jax.config.run import RunConfig
 from cpt_jax.demo.config import DemoConfig
 from cpt_jax.demo.corpus import build_corpus
+from cpt_jax.errors import UserError
+from cpt_jax.train.config import RunConfig
 
 
 def _log(msg: str) -> None:
@@ -97,10 +98,10 @@ def export_and_sample(cfg: DemoConfig, out: Path, run_dir: Path) -> str:
     import jax
     import sentencepiece as spm
 
-    from cpt_jax.checkpoint.params import load_model_checkpoint
+    from cpt_jax.checkpoint.model_checkpoint import load_model_checkpoint
     from cpt_jax.hf import export_hf
     from cpt_jax.model.generate import sample
-    from cpt_jax.train.state import abstract_model
+    from cpt_jax.model.params import abstract_model
 
     hf_dir = out / "hf_model"
     export_hf(run_dir, hf_dir, overwrite=True, tokenizer_file=out / "data" / "tokenizer.model")
@@ -115,8 +116,8 @@ def export_and_sample(cfg: DemoConfig, out: Path, run_dir: Path) -> str:
 
 
 def write_report(cfg: DemoConfig, out: Path, run_cfgs: dict[str, RunConfig], sample_text: str, timings: dict) -> Path:
-    from cpt_jax.report import load_run, phase_table
     from cpt_jax.demo.figures import plot_story
+    from cpt_jax.report import load_run, phase_table
     from cpt_jax.schedules.plot import plot_plan
 
     report = out / "report"
@@ -167,6 +168,21 @@ def forgetting_summary(runs) -> dict[str, float]:
     return out
 
 
+def with_fitting_mesh(plan: dict) -> dict:
+    """The plan on a mesh of this machine's devices that its batch and model divide (the demo
+    runs on 1, 2, 4, 8, ... devices: 20 rows do not split over 8, so some go to tensor)."""
+    import jax
+
+    from cpt_jax.train.mesh_fit import fitting_mesh
+
+    n = jax.device_count()
+    mesh = fitting_mesh(from_dict(RunConfig, plan), n)
+    if mesh is None:
+        raise UserError(f"the demo's batch and model split over no mesh of {n} devices; run it with fewer "
+                        "devices (e.g. --cpu-devices 4) or a batch_size that a divisor of the device count divides")
+    return {**plan, "mesh": mesh}
+
+
 def run_demo(cfg: DemoConfig, out: str | Path, progress: bool = True) -> Path:
     from cpt_jax.train.loop import train
 
@@ -179,6 +195,7 @@ def run_demo(cfg: DemoConfig, out: str | Path, progress: bool = True) -> Path:
     plan_dir.mkdir(parents=True, exist_ok=True)
     run_cfgs = {}
     for name, plan in plans(cfg, out).items():
+        plan = with_fitting_mesh(plan)
         (plan_dir / f"{name}.yaml").write_text(yaml.safe_dump(plan, sort_keys=False))
         run_cfgs[name] = from_dict(RunConfig, plan)
         t = time.perf_counter()

@@ -1,5 +1,6 @@
-"""Evaluation: held-out loss per domain (learning and forgetting)."""
+"""Evaluation of runs, checkpoints and HF folders: held-out loss per source and downstream tasks."""
 
-from cpt_jax.eval.heldout import heldout_losses
+from cpt_jax.eval.evaluate import evaluate, heldout
+from cpt_jax.eval.table import format_results
 
-__all__ = ["heldout_losses"]
+__all__ = ["evaluate", "heldout", "format_results"]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from cpt_jax.cli.errors import UserError
+from cpt_jax.errors import UserError
 from cpt_jax.config.base import ConfigError, from_dict, to_dict
-from cpt_jax.config.model import ModelConfig, RopeScalingConfig
+from cpt_jax.model.config import ModelConfig, RopeScalingConfig
 
 # architectures[0] -> (family, model_type)
 ARCHITECTURES = {

@@ -13,21 +13,21 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from cpt_jax.checkpoint.params import (
+from cpt_jax.checkpoint.model_checkpoint import (
     TOKENIZER_FILES,
     HostParamReader,
     check_output_dir,
     manager_dir,
     staged_output,
 )
-from cpt_jax.cli.errors import UserError
-from cpt_jax.config.model import ModelConfig
+from cpt_jax.errors import UserError
+from cpt_jax.model.config import ModelConfig, canonical_dtype
 from cpt_jax.hf.config_map import model_config_to_hf_config
 from cpt_jax.hf.safetensors_io import ShardWriter, parse_size
 from cpt_jax.hf.spm_tokenizer import spm_to_hf_tokenizer
 from cpt_jax.hf.weights import Mapping, get_path, mappings, set_path
 
-DTYPES = {"fp32": (np.float32, "float32"), "bf16": (ml_dtypes.bfloat16, "bfloat16")}
+EXPORT_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}  # what safetensors shards hold
 GENERATION_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 
@@ -35,9 +35,8 @@ def _tokenizer_files(ckpt: Path, meta: dict, tokenizer_file: str | Path | None) 
     """Where the tokenizer lives: the run's configured tokenizer (its HF siblings, or a bare
     sentencepiece .model), the model checkpoint's copy, or the HF folder the weights came from."""
     candidates = [ckpt / "tokenizer"]
-    hf_dir = (meta.get("source") or {}).get("hf_dir")
-    if hf_dir:
-        candidates.append(Path(hf_dir))
+    source = meta.get("source") or {}  # tokenizer_dir: the new tokenizer of a vocabulary extension
+    candidates += [Path(source[k]) for k in ("tokenizer_dir", "hf_dir") if source.get(k)]
     if tokenizer_file is None and (ckpt / "config.yaml").is_file():
         run = yaml.safe_load((ckpt / "config.yaml").read_text()) or {}
         tokenizer_file = (run.get("config") or {}).get("tokenizer") or None
@@ -82,14 +81,15 @@ def _write_generation_config(out: Path, hf_config: dict) -> None:
 def _groups(cfg: ModelConfig) -> dict[tuple, list[Mapping]]:
     groups: dict[tuple, list[Mapping]] = {}
     for m in mappings(cfg):
-        groups.setdefault(m.group, []).append(m)
+        groups.setdefault(m.group_in(cfg.scan_layers), []).append(m)
     return groups
 
 
 def _write_weights(reader: HostParamReader, out: Path, np_dtype, max_bytes: int, progress: bool) -> None:
-    """One layer at a time from the checkpoint to host memory, each tensor converted to HF
-    layout and handed to the shard writer, which writes every file as soon as it is full."""
-    from cpt_jax.train.state import abstract_params
+    """One group at a time from the checkpoint to host memory (a layer when the checkpoint's
+    layers are unrolled; one weight of all layers when they are stacked), each tensor converted
+    to HF layout and handed to the shard writer, which writes every file as soon as it is full."""
+    from cpt_jax.model.params import abstract_params
 
     cfg = reader.model_cfg
     abstract = abstract_params(cfg)
@@ -98,11 +98,14 @@ def _write_weights(reader: HostParamReader, out: Path, np_dtype, max_bytes: int,
     for group in _groups(cfg).values():
         wanted: dict = {}
         for m in group:
-            x = get_path(abstract, m.path)
-            set_path(wanted, m.path, jax.ShapeDtypeStruct(x.shape, x.dtype))
+            path, _ = m.location(cfg.scan_layers)
+            x = get_path(abstract, path)
+            set_path(wanted, path, jax.ShapeDtypeStruct(x.shape, x.dtype))
         host = reader.read(wanted)
         for m in group:
-            x = np.asarray(get_path(host, m.path), dtype=np.float32)
+            path, index = m.location(cfg.scan_layers)
+            x = get_path(host, path)
+            x = np.asarray(x if index is None else x[index], dtype=np.float32)
             writer.add(m.hf_name, m.to_hf(x).astype(np_dtype, copy=False))
             bar.update()
         del host
@@ -110,14 +113,15 @@ def _write_weights(reader: HostParamReader, out: Path, np_dtype, max_bytes: int,
     writer.finish()
 
 
-def export_hf(ckpt_dir: str | Path, out_dir: str | Path, *, dtype: str = "fp32", max_shard_size: str = "5GB",
+def export_hf(ckpt_dir: str | Path, out_dir: str | Path, *, dtype: str = "float32", max_shard_size: str = "5GB",
               step: int | None = None, overwrite: bool = False, tokenizer_file: str | Path | None = None,
               progress: bool = False) -> Path:
     """A model checkpoint or run directory (latest step, or `step`) -> HF folder that
     `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained` load."""
-    if dtype not in DTYPES:
-        raise UserError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
-    np_dtype, dtype_name = DTYPES[dtype]
+    dtype_name = canonical_dtype(dtype)
+    if dtype_name not in EXPORT_DTYPES:
+        raise UserError(f"export dtype {dtype!r}: choose one of {', '.join(EXPORT_DTYPES)} (or bf16, fp32)")
+    np_dtype = EXPORT_DTYPES[dtype_name]
     max_bytes = parse_size(max_shard_size)
     ckpt, out = Path(ckpt_dir), Path(out_dir).absolute()
     check_output_dir(out, overwrite, ckpt, manager_dir(ckpt))

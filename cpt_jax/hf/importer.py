@@ -1,4 +1,4 @@
-"""Import a local Hugging Face folder: tensor by tensor, straight onto the target shardings."""
+"""Import a local Hugging Face folder: tensor by tensor, each straight into its shards on the target mesh."""
 
 from __future__ import annotations
 
@@ -9,14 +9,18 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from cpt_jax.checkpoint.params import check_output_dir, save_model_checkpoint
-from cpt_jax.cli.errors import UserError
-from cpt_jax.config.model import ModelConfig
+from cpt_jax.checkpoint.model_checkpoint import check_output_dir, save_model_checkpoint
+from cpt_jax.errors import UserError
+from cpt_jax.model.config import ModelConfig
+from cpt_jax.model.params import check_compatible, find_layout, param_shardings
+from cpt_jax.sharding.mesh import MeshConfig, make_mesh
 from cpt_jax.hf.config_map import hf_config_to_model_config
 from cpt_jax.hf.safetensors_io import (
     READABLE_DTYPES,
+    MappedTensor,
     read_tensors,
     tensor_files,
     tensor_headers,
@@ -62,36 +66,85 @@ def check_tensors(hf_dir: Path, files: dict[str, Path], cfg: ModelConfig) -> lis
     return wanted
 
 
+def host_tensor(m: Mapping, tensor: MappedTensor, dtype) -> np.ndarray:
+    """The tensor in cpt_jax's layout and `dtype`: one array, written through its HF-layout view
+    straight from the file (dtype converted, transposed on the way) block by block."""
+    out = np.empty(m.to_jax(np.empty(m.hf_shape, np.bool_)).shape, dtype)
+    hf_view = m.to_hf(out)
+    if np.shares_memory(hf_view, out):
+        tensor.copy_to(hf_view)
+    else:  # a layout whose HF form is no view of ours: convert the whole tensor at once
+        out[...] = m.to_jax(tensor.array)
+    return out
+
+
+def place_tensor(host: np.ndarray, sharding) -> jax.Array:
+    """One tensor into its shards: each addressable device gets its block of `host` (on several
+    hosts each process places only what its devices hold)."""
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+class StackedLeaf:
+    """A stacked (scan_layers) parameter filled one layer at a time: allocated on its sharding,
+    then each layer's row is written in place (the buffer is donated), so neither host nor device
+    ever holds the stacked tensor twice."""
+
+    def __init__(self, shape: tuple, sharding, dtype):
+        self.sharding = sharding
+        self.row_sharding = NamedSharding(sharding.mesh, PartitionSpec(*sharding.spec[1:]))
+        self.array = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)()
+        self._set = jax.jit(lambda a, row, i: jax.lax.dynamic_update_index_in_dim(a, row, i, 0),
+                            out_shardings=sharding, donate_argnums=0)
+
+    def set_row(self, i: int, host: np.ndarray) -> None:
+        self.array = self._set(self.array, place_tensor(host, self.row_sharding), np.int32(i))
+
+
+def one_device_shardings(cfg: ModelConfig) -> Any:
+    """Parameter shardings on a mesh of the first device: where the parameters go when no mesh is
+    given (the host on CPU, the accelerator elsewhere), instead of a host copy of the model."""
+    return param_shardings(cfg, make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1]))
+
+
 def load_hf_params(hf_dir: str | Path, expected: ModelConfig | None, shardings: Any, dtype: str = "float32",
                    progress: bool = False) -> tuple[ModelConfig, Any, dict]:
-    """(model config, params in its param_dtype, source metadata for a later export). Each tensor is read,
-    converted and placed on its sharding (a tree like params; None: the host CPU device) before
-    the next is read, so host memory never holds more than one tensor beyond the placed params.
-    With `expected`, the folder must match that model (the run's) and its config is returned."""
-    from cpt_jax.train.init import check_compatible
-
+    """(model config, params in its param_dtype, source metadata for a later export). Streamed:
+    each tensor is read through a memory map, converted and placed into its shards on
+    `shardings` (a tree like params in either layer layout; None: one device) before the next is
+    read, so host memory holds about one tensor beyond what the devices hold. With `expected`,
+    the folder must match that model (the run's) and its config is returned."""
     hf_dir = Path(hf_dir)
     hf = read_hf_config(hf_dir)
     cfg = hf_config_to_model_config(hf, dtype=dtype)
     if expected is not None:
         check_compatible(cfg, expected, f"hf:{hf_dir}")
         cfg = expected
+    if shardings is None:
+        shardings = one_device_shardings(cfg)
+    scanned = bool(find_layout(shardings))
     files = tensor_files(hf_dir)
     by_name = {m.hf_name: m for m in check_tensors(hf_dir, files, cfg)}
-    host = jax.local_devices(backend="cpu")[0]
     params: dict = {}
+    stacked: dict[tuple, StackedLeaf] = {}
     bar = tqdm(total=len(by_name), desc="import", unit="tensor", disable=not progress)
     dtype = jnp.dtype(cfg.param_dtype)
-    for name, view in read_tensors(files, by_name):
+    for name, tensor in read_tensors(files, by_name):
         m = by_name[name]
-        target = get_path(shardings, m.path) if shardings is not None else host
-        # The one copy out of the file: layout (to_jax gives views), dtype and C order at once;
-        # device_put of a Fortran-order array would make further temporary copies.
-        x = np.array(m.to_jax(view), dtype=dtype, order="C")
-        del view
-        set_path(params, m.path, jax.device_put(x, target))
+        path, row = m.location(scanned)
+        sharding = get_path(shardings, path)
+        host = host_tensor(m, tensor, dtype)
+        del tensor  # unmapped
+        if row is None:
+            set_path(params, path, place_tensor(host, sharding))
+        else:
+            if path not in stacked:
+                stacked[path] = StackedLeaf((cfg.num_layers, *host.shape), sharding, dtype)
+            stacked[path].set_row(row, host)
+        del host
         bar.update()
     bar.close()
+    for path, leaf in stacked.items():
+        set_path(params, path, leaf.array)
     source = {"hf_dir": str(hf_dir.absolute()), "architectures": hf.get("architectures"), "hf_config": hf}
     return cfg, params, source
 
@@ -99,11 +152,11 @@ def load_hf_params(hf_dir: str | Path, expected: ModelConfig | None, shardings: 
 def import_hf(hf_dir: str | Path, out_dir: str | Path, *, dtype: str = "float32", overwrite: bool = False,
               mesh=None, progress: bool = False) -> Path:
     """HF folder -> cpt_jax model checkpoint (+ its tokenizer files), sharded over `mesh` if given."""
-    from cpt_jax.train.state import param_shardings
-
     hf_dir, out = Path(hf_dir), Path(out_dir).absolute()
     check_output_dir(out, overwrite, hf_dir)
     cfg = hf_config_to_model_config(read_hf_config(hf_dir), dtype=dtype)
-    shardings = param_shardings(cfg, mesh) if mesh is not None else None
+    shardings = param_shardings(cfg, mesh) if mesh is not None else None  # None: one device
     cfg, params, source = load_hf_params(hf_dir, None, shardings, dtype=dtype, progress=progress)
-    return save_model_checkpoint(out, params, cfg, {"source": source}, tokenizer_dir=hf_dir, overwrite=overwrite)
+    # One tensor's host copy in flight while orbax writes (the smallest bound it accepts).
+    return save_model_checkpoint(out, params, cfg, {"source": source}, tokenizer_dir=hf_dir, overwrite=overwrite,
+                                 host_gb=0.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ import ml_dtypes
 import numpy as np
 from safetensors.numpy import save_file
 
-from cpt_jax.cli.errors import UserError
+from cpt_jax.errors import UserError
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -87,20 +88,54 @@ def tensor_headers(files: dict[str, Path]) -> dict[str, TensorInfo]:
     return out
 
 
-def read_tensors(files: dict[str, Path], names: Iterable[str]) -> Iterator[tuple[str, np.ndarray]]:
-    """(name, read-only array viewing the file) one tensor at a time, one file at a time; the
+BLOCK_BYTES = 16 * 2**20  # file bytes resident at once while a tensor is copied out
+
+
+class MappedTensor:
+    """One tensor's bytes mapped read-only from its file (`array`: a view of them, in the file's
+    dtype and shape). `copy_to` streams it into a destination block of rows by block of rows and
+    drops each copied block's file pages from the process's resident set, so reading a tensor
+    costs its destination plus one block, not the destination plus the file's pages."""
+
+    def __init__(self, path: Path, t: TensorInfo):
+        if t.end == t.start:  # an empty tensor: nothing to map
+            self.array, self._map, self._skip = np.empty(t.shape, READABLE_DTYPES[t.dtype]), None, 0
+            return
+        start = t.start - t.start % mmap.ALLOCATIONGRANULARITY
+        self._skip = t.start - start
+        with open(path, "rb") as f:
+            self._map = mmap.mmap(f.fileno(), t.end - start, access=mmap.ACCESS_READ, offset=start)
+        raw = np.frombuffer(self._map, np.uint8, t.end - t.start, self._skip)
+        self.array = raw.view(READABLE_DTYPES[t.dtype]).reshape(t.shape)
+
+    def copy_to(self, dest: np.ndarray) -> None:
+        """dest[...] = array (converting dtype), where dest may be a strided view (a transposed
+        layout): blocks of source rows are read in file order."""
+        src = self.array.reshape(1, *self.array.shape) if self.array.ndim == 0 else self.array
+        dest = dest.reshape(src.shape) if dest.ndim == 0 else dest
+        row_bytes = max(1, src.nbytes // max(1, len(src)))
+        step = max(1, BLOCK_BYTES // row_bytes)
+        for lo in range(0, len(src), step):
+            dest[lo:lo + step] = src[lo:lo + step]
+            self._release(lo * row_bytes, min(len(src), lo + step) * row_bytes)
+
+    def _release(self, lo: int, hi: int) -> None:
+        lo += self._skip
+        lo -= lo % mmap.PAGESIZE
+        self._map.madvise(mmap.MADV_DONTNEED, lo, min(hi + self._skip, len(self._map)) - lo)
+
+
+def read_tensors(files: dict[str, Path], names: Iterable[str]) -> Iterator[tuple[str, MappedTensor]]:
+    """(name, the tensor mapped from its file) one tensor at a time, one file at a time; the
     caller copies what it keeps (converting dtype and layout in that same copy).
 
-    Hand-written over a memory map because safetensors' numpy reader has no bfloat16 (numpy
-    lacks it; ml_dtypes provides it) and copies each tensor twice: mapped, a tensor costs one
-    copy, and the file's pages are reclaimable page cache rather than process memory."""
+    Hand-written over memory maps because safetensors' numpy reader has no bfloat16 (numpy
+    lacks it; ml_dtypes provides it) and copies each tensor twice. Each tensor gets a map of its
+    own byte range, unmapped once the caller drops it."""
     for path, group in _by_file(files, names).items():
         header = read_header(path)
-        mapped = np.memmap(path, dtype=np.uint8, mode="r")
         for name in group:
-            t = header[name]
-            yield name, mapped[t.start:t.end].view(READABLE_DTYPES[t.dtype]).reshape(t.shape)
-        del mapped  # unmapped once the last view of it is gone
+            yield name, MappedTensor(path, header[name])
 
 
 def _by_file(files: dict[str, Path], names: Iterable[str]) -> dict[Path, list[str]]:

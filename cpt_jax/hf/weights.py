@@ -7,21 +7,34 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cpt_jax.config.model import ModelConfig
+from cpt_jax.model.config import ModelConfig
 
 
 @dataclass(frozen=True)
 class Mapping:
     hf_name: str
-    path: tuple  # key path into the cpt_jax param dict
+    path: tuple  # key path into the unrolled cpt_jax param dict: ("layers", i, ...) for layer tensors
     hf_shape: tuple[int, ...]  # shape of the tensor in the safetensors file
     to_jax: Callable[[np.ndarray], np.ndarray]  # HF layout -> cpt_jax layout
     to_hf: Callable[[np.ndarray], np.ndarray]
+    layer: int | None = None  # decoder layer index; None for embeddings, final norm, LM head
 
     @property
     def group(self) -> tuple:
         """Parameters read or written together: one decoder layer, or one top-level tensor."""
         return self.path[:2] if self.path[0] == "layers" else self.path[:1]
+
+    def location(self, scanned: bool) -> tuple[tuple, int | None]:
+        """(key path in the param dict, index on its leading axis or None) in the unrolled layout
+        or the stacked one (scan_layers), where layer i of a tensor is row i of one array."""
+        if self.layer is None or not scanned:
+            return self.path, None
+        return ("layers", *self.path[2:]), self.layer
+
+    def group_in(self, scanned: bool) -> tuple:
+        """Parameters read or written together: one decoder layer when unrolled, one stacked
+        tensor (that weight of every layer) when scanned, or one top-level tensor."""
+        return self.location(scanned)[0] if scanned and self.layer is not None else self.group
 
 
 def _identity(x):
@@ -69,7 +82,8 @@ def mappings(cfg: ModelConfig) -> list[Mapping]:
             ("input_layernorm.weight", ("attn_norm", "weight"), vector(d)),
             ("post_attention_layernorm.weight", ("mlp_norm", "weight"), vector(d)),
         ]
-        out += [Mapping(f"model.layers.{i}.{name}", ("layers", i, *path), *spec) for name, path, spec in entries]
+        out += [Mapping(f"model.layers.{i}.{name}", ("layers", i, *path), *spec, layer=i)
+                for name, path, spec in entries]
     out.append(Mapping("model.norm.weight", ("final_norm", "weight"), *vector(d)))
     if not cfg.tie_embeddings:
         out.append(Mapping("lm_head.weight", ("lm_head",), *linear(cfg.vocab_size, d)))
@@ -86,3 +100,12 @@ def set_path(tree: dict, path: tuple, value) -> None:
     for key in path[:-1]:
         tree = tree.setdefault(key, {})
     tree[path[-1]] = value
+
+
+def stacked_targets(cfg: ModelConfig) -> dict[tuple, list[Mapping]]:
+    """{key path in the param dict of cfg's layout: its HF tensors}; with scan_layers each layer
+    tensor path lists one Mapping per layer, in layer order (row i of the stacked array)."""
+    out: dict[tuple, list[Mapping]] = {}
+    for m in mappings(cfg):
+        out.setdefault(m.location(cfg.scan_layers)[0], []).append(m)
+    return out

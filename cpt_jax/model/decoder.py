@@ -1,4 +1,10 @@
-"""The decoder LM: embeddings, a stack of pre-norm blocks, final norm, LM head."""
+"""The decoder LM: embeddings, a stack of pre-norm blocks, final norm, LM head.
+
+The blocks are either one block scanned over weights stacked on a leading 'layers' axis
+(`scan_layers`, the default: the compiled program and its compile time do not grow with depth)
+or a Python list unrolled into the program. Both compute the same function; params.py converts
+one layout into the other.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cpt_jax.config.model import ModelConfig
+from cpt_jax.model.config import ModelConfig
 from cpt_jax.model.layers import Block, RMSNorm, dtype_of, make_param
 from cpt_jax.sharding.rules import Sharder
 
@@ -15,10 +21,26 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
+LAYERS_AXIS = "layers"  # logical name of the stacking axis (mapped to no mesh axis)
 
 
 def _run_block(block: Block, x, positions, segment_ids):
     return block(x, positions, segment_ids)
+
+
+def stacked_blocks(cfg: ModelConfig, sharder: Sharder, rngs: nnx.Rngs) -> Block:
+    """One Block whose every parameter has a leading [num_layers] axis (independent inits)."""
+
+    @nnx.split_rngs(splits=cfg.num_layers)
+    @nnx.vmap(in_axes=0, out_axes=0, axis_size=cfg.num_layers)
+    def make(rngs):
+        return Block(cfg, sharder, rngs)
+
+    blocks = make(rngs)
+    for _, var in nnx.iter_graph(blocks):
+        if isinstance(var, nnx.Param):
+            var.set_metadata(logical_axes=(LAYERS_AXIS, *var.get_metadata()["logical_axes"]))
+    return blocks
 
 
 class Decoder(nnx.Module):
@@ -30,7 +52,10 @@ class Decoder(nnx.Module):
         pdt = dtype_of(cfg.param_dtype)
         init = nnx.initializers.normal(cfg.initializer_range)
         self.embed = make_param(rngs, init, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), pdt)
-        self.layers = nnx.List([Block(cfg, sharder, rngs) for _ in range(cfg.num_layers)])
+        if cfg.scan_layers:
+            self.layers = stacked_blocks(cfg, sharder, rngs)
+        else:
+            self.layers = nnx.List([Block(cfg, sharder, rngs) for _ in range(cfg.num_layers)])
         self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg, rngs)
         if not cfg.tie_embeddings:
             self.lm_head = make_param(rngs, init, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), pdt)
@@ -50,12 +75,29 @@ class Decoder(nnx.Module):
         dt = dtype_of(cfg.dtype)
         x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
         x = self.sharder.constrain(x, ("batch", "length", "act_embed"))
-        run = _run_block
-        if cfg.remat != "none":
-            run = nnx.remat(_run_block, policy=REMAT_POLICIES[cfg.remat])
-        for block in self.layers:
-            x = run(block, x, positions, segment_ids)
+        x = self._scanned(x, positions, segment_ids) if cfg.scan_layers else self._unrolled(x, positions, segment_ids)
         x = self.final_norm(x)
         head = self.embed[...].T if cfg.tie_embeddings else self.lm_head[...]
         logits = jnp.dot(x, head.astype(dt), preferred_element_type=jnp.float32)
         return self.sharder.constrain(logits, ("batch", "length", "act_vocab"))
+
+    def _unrolled(self, x, positions, segment_ids):
+        run = _run_block
+        if self.cfg.remat != "none":
+            run = nnx.remat(_run_block, policy=REMAT_POLICIES[self.cfg.remat])
+        for block in self.layers:
+            x = run(block, x, positions, segment_ids)
+        return x
+
+    def _scanned(self, x, positions, segment_ids):
+        """lax.scan over the stacked weights; each iteration rebuilds one Block from its slice.
+        The remat policy wraps the body, so it applies per layer as in the unrolled model."""
+        graphdef, stacked = nnx.split(self.layers)
+
+        def body(carry, layer_state):
+            return nnx.merge(graphdef, layer_state)(carry, positions, segment_ids), None
+
+        if self.cfg.remat != "none":
+            body = jax.checkpoint(body, policy=REMAT_POLICIES[self.cfg.remat], prevent_cse=False)
+        x, _ = jax.lax.scan(body, x, stacked)
+        return x

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cpt_jax.config.model import ModelConfig
+from cpt_jax.model.config import ModelConfig
 from cpt_jax.model.attention import attend
 from cpt_jax.model.rope import apply_rope, inverse_frequencies
 from cpt_jax.sharding.rules import Sharder

@@ -19,9 +19,14 @@ def _mark_phases(ax, run: RunRecord) -> None:
                     ha="right", fontsize=7, color="grey")
 
 
+TASK_METRICS = ("acc", "acc_norm", "bits_per_byte")  # drawn when a task row has them
+
+
 def plot_run(run: RunRecord, out: str | Path) -> Path:
-    """Three panels: train loss, LR, and held-out loss per source (learning vs forgetting)."""
-    fig, axes = plt.subplots(3, 1, figsize=(9, 9), sharex=True)
+    """Three panels: train loss, LR, and held-out loss per source (learning vs forgetting); a
+    fourth with downstream-task scores when the run logged task rows."""
+    panels = 4 if run.tasks else 3
+    fig, axes = plt.subplots(panels, 1, figsize=(9, 3 * panels), sharex=True)
     steps = [r["step"] for r in run.train]
     axes[0].plot(steps, [r["loss"] for r in run.train], linewidth=0.8)
     axes[0].set_ylabel("train loss")
@@ -31,8 +36,10 @@ def plot_run(run: RunRecord, out: str | Path) -> Path:
         x, y = run.eval_curve(source)
         axes[2].plot(x, y, marker="o", markersize=3, label=source)
     axes[2].set_ylabel("held-out loss")
-    axes[2].set_xlabel("step")
     axes[2].legend(fontsize=8)
+    if run.tasks:
+        _plot_tasks(axes[3], run)
+    axes[-1].set_xlabel("step")
     for ax in axes:
         _mark_phases(ax, run)
         ax.grid(alpha=0.3)
@@ -41,15 +48,30 @@ def plot_run(run: RunRecord, out: str | Path) -> Path:
     return _save(fig, out)
 
 
+def _plot_tasks(ax, run: RunRecord) -> None:
+    styles = {"acc": "-", "acc_norm": "--", "bits_per_byte": ":"}
+    for i, task in enumerate(run.task_names):
+        for metric in TASK_METRICS:
+            x, y = run.task_curve(task, metric)
+            if x:
+                ax.plot(x, y, styles[metric], color=f"C{i}", marker="o", markersize=3, label=f"{task} {metric}")
+    ax.set_ylabel("task score")
+    ax.legend(fontsize=8)
+
+
 def plot_compare(runs: list[RunRecord], out: str | Path) -> Path:
-    """Held-out loss per source, one panel per source, one line per run (e.g. replay vs none)."""
+    """Held-out loss per source, one panel per source, one line per run (e.g. replay vs none).
+    x is the global step, so branches (which continue their trunk's steps) line up with it, each
+    branch point marked by a dotted line in the branch's colour."""
     sources = sorted({s for run in runs for s in run.sources})
     fig, axes = plt.subplots(1, len(sources), figsize=(5 * len(sources), 4), squeeze=False)
     for ax, source in zip(axes[0], sources):
         for run in runs:
             x, y = run.eval_curve(source)
             if x:
-                ax.plot(x, y, marker="o", markersize=3, label=run.label)
+                line, = ax.plot(x, y, marker="o", markersize=3, label=run.label)
+                if run.branch:  # a branch continues its parent's global steps: mark where it left
+                    ax.axvline(run.branch[1], color=line.get_color(), linestyle=":", linewidth=0.8)
         _mark_phases(ax, runs[0])
         ax.set_title(f"held-out {source}")
         ax.set_xlabel("step")

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from cpt_jax.cli.errors import UserError
+from cpt_jax.errors import UserError
 from cpt_jax.config.base import from_dict
-from cpt_jax.config.run import RunConfig
+from cpt_jax.train.config import RunConfig
 from cpt_jax.train.metrics import read_jsonl
 
 
@@ -20,6 +20,8 @@ class RunRecord:
     config: RunConfig
     train: list[dict]
     evals: list[dict]
+    tasks: list[dict] = field(default_factory=list)  # kind "task" rows: {"task", "step", "acc", ...}
+    branch: tuple[str, int] | None = None  # (parent run dir, step) of a branch; its steps continue from there
 
     @property
     def boundaries(self) -> list[tuple[int, str]]:
@@ -34,6 +36,14 @@ class RunRecord:
         rows = [r for r in self.evals if r["source"] == source]
         return [r["step"] for r in rows], [r["loss"] for r in rows]
 
+    @property
+    def task_names(self) -> list[str]:
+        return sorted({r["task"] for r in self.tasks})
+
+    def task_curve(self, task: str, metric: str) -> tuple[list[int], list[float]]:
+        rows = sorted((r["step"], r[metric]) for r in self.tasks if r["task"] == task and metric in r)
+        return [s for s, _ in rows], [v for _, v in rows]
+
 
 def load_run(path: str | Path, label: str | None = None) -> RunRecord:
     path = Path(path)
@@ -41,10 +51,14 @@ def load_run(path: str | Path, label: str | None = None) -> RunRecord:
     if not cfg_file.exists():
         raise UserError(f"{path} is not a cpt_jax run directory (no config.yaml); pass the run_dir of a "
                         "`cpt-jax train` run")
-    config = from_dict(RunConfig, yaml.safe_load(cfg_file.read_text())["config"])
+    doc = yaml.safe_load(cfg_file.read_text())
+    config = from_dict(RunConfig, doc["config"])
+    branch = doc.get("branch")
     records = read_jsonl(path / "metrics.jsonl")
     if not records:
         raise UserError(f"{path}/metrics.jsonl has no records yet; train first")
     return RunRecord(path=path, label=label or path.name, config=config,
                      train=[r for r in records if r.get("kind") == "train"],
-                     evals=[r for r in records if r.get("kind") == "eval"])
+                     evals=[r for r in records if r.get("kind") == "eval"],
+                     tasks=[r for r in records if r.get("kind") == "task"],
+                     branch=(branch["parent"], int(branch["step"])) if branch else None)

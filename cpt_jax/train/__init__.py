@@ -1,1 +1,1 @@
-"""Training: loss, state, the jitted step and the phase loop."""
+"""Training: the run config, the jitted step, the phase loop and what it needs."""

@@ -1,6 +1,8 @@
-"""Next-token cross-entropy on packed rows, with an optional z-loss."""
+"""Next-token cross-entropy on packed rows, with an optional z-loss and per-source sums."""
 
 from __future__ import annotations
+
+from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -17,14 +19,25 @@ def targets_and_mask(batch: dict) -> tuple[jax.Array, jax.Array]:
     return targets, mask
 
 
-def loss_sums(logits: jax.Array, batch: dict, z_loss: float = 0.0) -> dict[str, jax.Array]:
+def loss_sums(logits: jax.Array, batch: dict, z_loss: float = 0.0, num_sources: int = 0) -> dict[str, jax.Array]:
     """Sums (not means) so that gradient accumulation and data parallelism weight every token
-    equally, whatever the number of tokens in each micro-batch."""
+    equally, whatever the number of tokens in each micro-batch.
+
+    num_sources > 0: also 'source_nll' and 'source_tokens', [num_sources] sums over the tokens of
+    each source (batch['source_ids'], the index of each row's source), from the same forward pass."""
     targets, mask = targets_and_mask(batch)
     logits = logits.astype(jnp.float32)
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     maskf = mask.astype(jnp.float32)
     out = {"nll_sum": jnp.sum(nll * maskf), "tokens": jnp.sum(maskf)}
+    if num_sources:
+        ids = batch.get("source_ids")
+        if ids is None:  # batches without source ids (e.g. hand-made) count for no source
+            out["source_nll"] = out["source_tokens"] = jnp.zeros((num_sources,), jnp.float32)
+        else:
+            onehot = jax.nn.one_hot(ids, num_sources, dtype=jnp.float32)
+            out["source_nll"] = jnp.einsum("bt,btk->k", nll * maskf, onehot)
+            out["source_tokens"] = jnp.einsum("bt,btk->k", maskf, onehot)
     if z_loss:
         log_z = jax.nn.logsumexp(logits, axis=-1)
         out["z_sum"] = jnp.sum(z_loss * jnp.square(log_z) * maskf)
@@ -38,3 +51,19 @@ def lm_loss(logits: jax.Array, batch: dict, z_loss: float = 0.0) -> tuple[jax.Ar
     sums = loss_sums(logits, batch, z_loss)
     denom = jnp.maximum(sums["tokens"], 1.0)
     return (sums["nll_sum"] + sums["z_sum"]) / denom, sums
+
+
+def per_source_losses(metrics: Mapping, names: Sequence[str]) -> dict[str, float]:
+    """{'loss/<name>': mean train loss, 'tokens/<name>': loss tokens} of each source in a step's
+    metrics ('source_nll'/'source_tokens', indexed like `names`: the sorted data.sources). A source
+    without tokens in the batch gets its token count only."""
+    if "source_nll" not in metrics:
+        return {}
+    nll = [float(x) for x in jax.device_get(metrics["source_nll"])]
+    tokens = [float(x) for x in jax.device_get(metrics["source_tokens"])]
+    out = {}
+    for name, n, t in zip(names, nll, tokens):
+        if t > 0:
+            out[f"loss/{name}"] = n / t
+        out[f"tokens/{name}"] = t
+    return out

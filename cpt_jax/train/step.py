@@ -10,30 +10,35 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from cpt_jax.config.run import OptimizerConfig
+from cpt_jax.train.optimizer import OptimizerConfig
+from cpt_jax.sharding.placement import BATCH_AXES, batch_sharding, replicated
 from cpt_jax.sharding.rules import logical_to_spec
 from cpt_jax.train.loss import loss_sums
-from cpt_jax.train.state import TrainState, replicated
-
-BATCH_AXES = ("batch", "length")
+from cpt_jax.train.state import TrainState
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, logical_to_spec(BATCH_AXES, mesh=mesh))
-
-
-def _forward_sums(graphdef, params, batch, z_loss):
+def _forward_sums(graphdef, params, batch, z_loss, num_sources=0):
     logits = nnx.merge(graphdef, params)(batch["tokens"], batch["positions"], batch["segment_ids"])
-    return loss_sums(logits, batch, z_loss)
+    return loss_sums(logits, batch, z_loss, num_sources)
+
+
+def _zero_sums(num_sources: int) -> dict[str, jax.Array]:
+    sums = {k: jnp.zeros((), jnp.float32) for k in ("nll_sum", "tokens", "z_sum")}
+    if num_sources:
+        sums["source_nll"] = sums["source_tokens"] = jnp.zeros((num_sources,), jnp.float32)
+    return sums
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: Callable,
-                    opt_cfg: OptimizerConfig, mesh: Mesh | None = None) -> Callable:
-    """Pure step function (state, batch) -> (state, metrics); jit it with `jit_train_step`."""
+                    opt_cfg: OptimizerConfig, mesh: Mesh | None = None, num_sources: int = 0) -> Callable:
+    """Pure step function (state, batch) -> (state, metrics); jit it with `jit_train_step`.
+
+    num_sources > 0 (len(data.sources)): metrics also hold 'source_nll' and 'source_tokens',
+    [num_sources] sums from the same forward pass; `per_source_losses` turns them into losses."""
     accum = opt_cfg.grad_accum
 
     def objective(params, micro):
-        sums = _forward_sums(graphdef, params, micro, opt_cfg.z_loss)
+        sums = _forward_sums(graphdef, params, micro, opt_cfg.z_loss, num_sources)
         return sums["nll_sum"] + sums["z_sum"], sums
 
     grad_fn = jax.grad(objective, has_aux=True)
@@ -55,8 +60,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: Callab
             def body(carry, micro):
                 g, s = grad_fn(state.params, micro)
                 return jax.tree.map(jnp.add, carry, (g, s)), None
-            zeros = (jax.tree.map(jnp.zeros_like, state.params),
-                     {k: jnp.zeros((), jnp.float32) for k in ("nll_sum", "tokens", "z_sum")})
+            zeros = (jax.tree.map(jnp.zeros_like, state.params), _zero_sums(num_sources))
             (grads, sums), _ = jax.lax.scan(body, zeros, micro_batches(batch))
         count = jnp.maximum(sums["tokens"], 1.0)
         grads = jax.tree.map(lambda g: g / count, grads)
@@ -70,6 +74,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: Callab
             "grad_norm": optax.tree.norm(grads),
             "lr": jnp.asarray(lr, jnp.float32),
         }
+        if num_sources:
+            metrics["source_nll"], metrics["source_tokens"] = sums["source_nll"], sums["source_tokens"]
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return step_fn

@@ -1,4 +1,4 @@
-"""Generated text corpora and word-level tokenizers for tests, benchmarks and demos (no downloads)."""
+"""Generated text corpora and word-level tokenizers for tests and benchmarks (no downloads)."""
 
 from __future__ import annotations
 

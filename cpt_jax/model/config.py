@@ -6,10 +6,21 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from cpt_jax.config.base import require
+from cpt_jax.errors import ConfigError
 
 Family = Literal["llama", "mistral", "qwen2", "qwen3"]
 DType = Literal["float32", "bfloat16", "float16"]
+# The one dtype vocabulary: configs use the full names; commands also take the short ones.
+DTYPE_NAMES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16",
+               "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 Remat = Literal["none", "full", "dots", "dots_no_batch"]
+
+
+def canonical_dtype(name: str, what: str = "dtype") -> str:
+    """'bf16' -> 'bfloat16'; unknown names are refused with the choices."""
+    if name not in DTYPE_NAMES:
+        raise ConfigError(what, f"unknown dtype {name!r}; choose one of {', '.join(DTYPE_NAMES)}")
+    return DTYPE_NAMES[name]
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,7 @@ class ModelConfig:
     param_dtype: DType = "float32"  # storage dtype of parameters (and optimizer moments)
     dtype: DType = "float32"  # compute dtype
     remat: Remat = "none"  # rematerialise each block: none, full, or keep matmul outputs (dots)
+    scan_layers: bool = True  # one scanned block over stacked weights: compile time independent of depth
     attention: Literal["auto", "blocked", "xla", "cudnn"] = "auto"  # auto: blocked on CPU, jax's choice elsewhere
     initializer_range: float = 0.02  # std of the normal init (scratch runs)
 

@@ -6,6 +6,7 @@ checkpoint (from `import-hf`) and a training run are read by the same code, onto
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -17,16 +18,26 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from cpt_jax.cli.errors import UserError
-from cpt_jax.config.base import ConfigError, from_dict, to_dict
-from cpt_jax.config.model import ModelConfig
+from cpt_jax.errors import CheckpointError, UserError
+from cpt_jax.config.base import from_dict, to_dict
+from cpt_jax.errors import ConfigError
+from cpt_jax.model.config import ModelConfig
+from cpt_jax.model.params import abstract_params, find_layout, relayout, to_layout, with_shardings
 
 FORMAT = "cpt_jax.model/1"
 ITEMS = ("params", "meta")
-SAVE_HOST_GB = 0.5  # host copies in flight while saving (one larger tensor goes alone)
+SAVE_HOST_GB = 0.5  # host copies in flight while saving (raised to the largest array if that is larger)
 # Files a model checkpoint keeps in tokenizer/ (whichever the source has).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "generation_config.json", "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja")
+
+
+def parse_ckpt_ref(ref: str) -> tuple[str, int | None]:
+    """'dir' or 'dir@step'."""
+    path, _, step = ref.rpartition("@") if "@" in ref else (ref, "", "")
+    if step and not step.isdigit():
+        raise CheckpointError(f"checkpoint reference {ref!r}: the part after '@' must be a step number")
+    return path, int(step) if step else None
 
 
 def manager_dir(path: str | Path) -> Path:
@@ -66,9 +77,15 @@ def read_meta(path: str | Path, step: int | None = None) -> dict:
         return _read_meta(mngr, s, path)
 
 
+def saved_model_config(meta: dict) -> dict:
+    """The model section of a checkpoint's metadata. Checkpoints written before `scan_layers`
+    existed hold unrolled layers, whatever today's default is."""
+    return {"scan_layers": False, **meta["model"]}
+
+
 def _model_config(meta: dict, path) -> ModelConfig:
     try:
-        return from_dict(ModelConfig, meta["model"], "model")
+        return from_dict(ModelConfig, saved_model_config(meta), "model")
     except ConfigError as e:
         raise UserError(f"{path}: the model config in its metadata is not valid for this cpt_jax: {e}") from e
 
@@ -79,9 +96,9 @@ def read_model_config(path: str | Path, step: int | None = None) -> ModelConfig:
 
 def load_model_checkpoint(path: str | Path, shardings: Any = None, step: int | None = None) -> tuple[Any, ModelConfig, dict]:
     """(params, model config, meta). With `shardings` (a tree like params) the arrays land sharded
-    on that mesh, whatever mesh saved them; without, on the default device."""
-    from cpt_jax.train.state import abstract_params, with_shardings
-
+    on that mesh, whatever mesh saved them, and in the layer layout of `shardings` (converted on
+    device if the checkpoint has the other one; the returned config says which); without, on the
+    default device in the saved layout."""
     with _open(path, step) as (mngr, s):
         meta = _read_meta(mngr, s, path)
         model_cfg = _model_config(meta, path)
@@ -89,8 +106,13 @@ def load_model_checkpoint(path: str | Path, shardings: Any = None, step: int | N
         if shardings is None:
             device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
             shardings = jax.tree.map(lambda _: device, abstract)
-        target = with_shardings(abstract, shardings)
+        scanned = find_layout(shardings)
+        saved_shardings = to_layout(shardings, model_cfg.scan_layers, model_cfg.num_layers)
+        target = with_shardings(abstract, saved_shardings)
         params = mngr.restore(s, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))["params"]
+    if scanned != model_cfg.scan_layers:
+        params = relayout(params, scanned, shardings, model_cfg.num_layers)
+        model_cfg = dataclasses.replace(model_cfg, scan_layers=scanned)
     return params, model_cfg, meta
 
 
@@ -157,17 +179,21 @@ def staged_output(out_dir: str | Path) -> Iterator[Path]:
 
 
 def save_model_checkpoint(out_dir: str | Path, params: Any, model_cfg: ModelConfig, meta_extra: dict,
-                          tokenizer_dir: str | Path | None = None, overwrite: bool = False) -> Path:
+                          tokenizer_dir: str | Path | None = None, overwrite: bool = False,
+                          host_gb: float | None = None) -> Path:
     """Write step 0 (`params`, `meta`) and `tokenizer/` (the TOKENIZER_FILES found in
-    `tokenizer_dir`) as one orbax CheckpointManager directory, whole or not at all."""
+    `tokenizer_dir`) as one orbax CheckpointManager directory, whole or not at all. `host_gb`:
+    host copies in flight (default SAVE_HOST_GB; never below the largest array)."""
     out = Path(out_dir).absolute()
     check_output_dir(out, overwrite)
     with staged_output(out) as tmp:
         # The same files StandardSave writes (StandardRestore reads them), through the handler that
         # can bound host copies: by default orbax copies every array to host at once, which for
         # parameters already in host memory (an import without a mesh) doubles the peak.
-        bounded = ocp.PyTreeCheckpointHandler(save_device_host_concurrent_gb=SAVE_HOST_GB,
-                                              save_concurrent_gb=SAVE_HOST_GB)
+        # orbax refuses an array larger than the bound, so it is at least the largest array.
+        largest = (max((x.nbytes for x in jax.tree.leaves(params)), default=0) + 4096) / 1e9
+        bound = max(SAVE_HOST_GB if host_gb is None else host_gb, largest)
+        bounded = ocp.PyTreeCheckpointHandler(save_device_host_concurrent_gb=bound, save_concurrent_gb=bound)
         handlers = {"params": bounded, "meta": ocp.JsonCheckpointHandler()}
         mngr = ocp.CheckpointManager(tmp, item_names=ITEMS, item_handlers=handlers)
         meta = {**meta_extra, "model": to_dict(model_cfg), "format": FORMAT}

@@ -1,0 +1,232 @@
+"""Run checkpoints: one orbax CheckpointManager per run directory.
+
+Each step directory holds the items `params`, `opt_state` (orbax array trees, restorable onto
+any mesh) and `meta` (JSON: model config, global step, phase and step within it, data iterator
+state, seed, plan hash). orbax writes into a temporary directory and renames it when complete,
+so a step directory is whole or absent. A step that fails to restore is inspected on its own
+(`damage.find_damage`): only a step whose files are broken is moved aside, with a warning, in
+favour of the one before it; a whole step that this invocation cannot restore (device count,
+mesh, memory) stops the run before anything is touched. A background save that did not complete
+(disk full, read-only directory) is reported at the next step (`check`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from cpt_jax.errors import CheckpointError
+from cpt_jax.checkpoint.damage import find_damage
+from cpt_jax.checkpoint.model_checkpoint import saved_model_config
+from cpt_jax.config.base import require
+from cpt_jax.model.params import find_layout, num_stacked, relayout, stack_layers, to_layout
+
+log = logging.getLogger(__name__)
+
+FORMAT = "cpt_jax.run/1"
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 100  # save every N steps (and always at the end of each phase)
+    keep_last: int = 3  # newest checkpoints kept
+    keep_every: int = 0  # also keep every M-th step for good (0: off)
+    async_save: bool = True  # write in the background while training goes on
+
+    def validate(self, path: str) -> None:
+        require(self.every > 0, path, "every", "must be positive")
+        require(self.keep_last >= 1, path, "keep_last", "must be >= 1")
+        require(self.keep_every >= 0, path, "keep_every", "must be >= 0")
+
+
+def _abstract(tree: Any) -> Any:
+    """ShapeDtypeStructs carrying the target shardings: orbax reshards on restore."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+                        if isinstance(x, jax.ShapeDtypeStruct) else x, tree)
+
+
+def _shardings(abstract: Any) -> Any:
+    return jax.tree.map(lambda x: x.sharding, abstract)
+
+
+class RunCheckpointer:
+    def __init__(self, run_dir: str | Path, cfg: CheckpointConfig, read_only: bool = False):
+        """read_only: another run's checkpoints (a branch's parent, possibly still training):
+        nothing is created, cleaned up or deleted there."""
+        self.directory = Path(run_dir).absolute() / "checkpoints"
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=cfg.keep_last,
+            keep_period=cfg.keep_every or None,
+            enable_async_checkpointing=cfg.async_save,
+            cleanup_tmp_directories=not read_only,  # half-written saves of a killed run are discarded
+            create=not read_only,
+            read_only=read_only,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_names=("params", "opt_state", "meta"))
+        self._pending: int | None = None  # the step whose (background) save is not yet confirmed
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, params: Any, opt_state: Any, meta: dict) -> None:
+        """Start a save (asynchronous when configured); returns once the device arrays are
+        copied, so training can go on while orbax writes."""
+        self.check()
+        meta = {**meta, "format": FORMAT, "step": int(step)}
+        try:
+            self.manager.save(step, force=True, args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params),
+                opt_state=ocp.args.StandardSave(opt_state),
+                meta=ocp.args.JsonSave(meta),
+            ))
+        except Exception as e:  # noqa: BLE001 - orbax wraps I/O errors in several types
+            raise self._save_failed(step, e) from e
+        self._pending = int(step)
+        self.check()
+
+    def check(self) -> None:
+        """Raise if the last save finished without its step directory: orbax logs a failed
+        background write (disk full, read-only directory) and goes on, so it is confirmed here,
+        once it is done, by the step being on disk. Cheap: call it after every step."""
+        if self._pending is None or self.manager.is_saving_in_progress():
+            return
+        step, self._pending = self._pending, None
+        if not (self.directory / str(step)).is_dir():
+            raise self._save_failed(step, None)
+
+    def _save_failed(self, step: int, error: BaseException | None) -> CheckpointError:
+        """Why the save of `step` failed (the write error, else what the directory says now)."""
+        cause = _first_os_error(error) or _write_probe(self.directory)
+        why = f"{cause.strerror or cause}" if isinstance(cause, OSError) else (
+            f"{type(error).__name__}: {str(error).splitlines()[0][:200]}" if error else "reason not reported; see the log")
+        good = [s for s in self.steps() if s != step and (self.directory / str(s)).is_dir()]
+        kept = f"the earlier checkpoints ({', '.join(map(str, good))}) are intact" if good else "no earlier checkpoint exists"
+        return CheckpointError(f"saving checkpoint step {step} to {self.directory} failed ({why}); {kept}: free disk "
+                               "space or make the directory writable, then rerun to resume from the latest one")
+
+    def wait(self) -> None:
+        """Wait for the background save and confirm it."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - orbax re-raises the background write error here
+            step, self._pending = self._pending, None
+            raise self._save_failed(step if step is not None else -1, e) from e
+        self.check()
+
+    def read_meta(self, step: int) -> dict:
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def restore(self, step: int, abstract_params: Any, abstract_opt: Any | None) -> tuple[Any, Any, dict]:
+        """Restore onto the shardings carried by the abstract trees (any mesh) and in their layer
+        layout: a step saved in the other one (scanned vs unrolled) is restored as saved, then
+        parameters and optimizer moments are converted on device. With abstract_opt None only
+        params and meta are read (a parameters-only start)."""
+        saved = bool(saved_model_config(self.read_meta(step))["scan_layers"])
+        wanted = find_layout(abstract_params)
+        n = num_stacked(stack_layers(abstract_params))
+        items = {"params": ocp.args.StandardRestore(_abstract(to_layout(abstract_params, saved, n))),
+                 "meta": ocp.args.JsonRestore()}
+        if abstract_opt is not None:
+            items["opt_state"] = ocp.args.StandardRestore(_abstract(to_layout(abstract_opt, saved, n)))
+        out = self.manager.restore(step, args=ocp.args.Composite(**items))
+        params, opt_state = out["params"], out.get("opt_state") if abstract_opt is not None else None
+        if saved != wanted:
+            params = relayout(params, wanted, _shardings(abstract_params), n)
+            if opt_state is not None:
+                opt_state = relayout(opt_state, wanted, _shardings(abstract_opt), n)
+        return params, opt_state, out["meta"]
+
+    def restore_latest_good(self, abstract_params: Any, abstract_opt: Any) -> tuple[Any, Any, dict] | None:
+        """The newest step that restores. A step whose own files are damaged is reported and
+        moved to `corrupt-checkpoints/` beside `checkpoints/` (kept for inspection, out of orbax's
+        way so the resumed run can save that step again). A whole step that fails to restore here
+        raises CheckpointError and nothing is moved. None when every step was damaged."""
+        quarantined = False
+        try:
+            for step in reversed(self.steps()):
+                try:
+                    return self.restore(step, abstract_params, abstract_opt)
+                except Exception as e:  # noqa: BLE001 - judged below from the step's own files
+                    damage = find_damage(self.directory / str(step), step, FORMAT)
+                    if damage is None:
+                        raise CheckpointError(
+                            f"checkpoint step {step} in {self.directory} is intact but could not be restored by "
+                            f"this invocation ({_brief(e)}); nothing was changed: run with the device count, mesh "
+                            "and memory the run can use (the mesh may differ from the saving run's if every "
+                            "sharded size divides it), then rerun") from e
+                    if jax.process_count() > 1:
+                        # The other processes may have restored this step and wait in orbax's
+                        # collectives: trying an earlier step here would cross them. Stop; this
+                        # process's exit ends the others.
+                        raise CheckpointError(
+                            f"checkpoint step {step} in {self.directory} is damaged ({damage}); with several "
+                            f"processes a damaged step is not skipped automatically: move "
+                            f"{self.directory / str(step)} aside and rerun to resume from the step before") from e
+                    aside = self.directory.parent / "corrupt-checkpoints" / f"{step}-{int(time.time())}"
+                    msg = (f"checkpoint step {step} in {self.directory} is damaged ({damage}); moved it to "
+                           f"{aside} and trying the previous one")
+                    warnings.warn(msg, stacklevel=2)
+                    log.warning(msg)
+                    if jax.process_index() == 0:
+                        aside.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.move(str(self.directory / str(step)), str(aside))
+                    quarantined = True
+            return None
+        finally:
+            if quarantined:
+                self.manager.reload()
+
+    def close(self) -> None:
+        """Wait for a save in flight and release orbax's threads (without raising: a failed save
+        was reported by `check` or `wait`)."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - reported by check/wait; here only logged
+            log.warning("checkpoint save failed: %s", _brief(e))
+        finally:
+            self.manager.close()
+
+
+def _brief(e: BaseException) -> str:
+    line = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {line[:200]}"
+
+
+def _first_os_error(e: BaseException | None) -> OSError | None:
+    while e is not None:
+        if isinstance(e, OSError):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _write_probe(directory: Path) -> OSError | None:
+    """Try a small write where the step went: the error the filesystem gives now (ENOSPC,
+    EROFS, EACCES), or None if it takes writes again."""
+    probe = directory / f".write-probe-{os.getpid()}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 65536)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        return e
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+    return None

@@ -1,0 +1,70 @@
+"""The plan's real train step on abstract inputs: the run's own `build_setup` (the Trainer's
+jitted step, state shardings and batch sharding), lowered and compiled without allocating a
+parameter and without reading data."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from cpt_jax.data.config import SourceConfig
+from cpt_jax.data.pipeline import BATCH_KEYS
+from cpt_jax.train.config import RunConfig
+from cpt_jax.train.setup import RunSetup, build_setup
+from cpt_jax.train.state import TrainState
+
+
+def without_data(cfg: RunConfig) -> RunConfig:
+    """The plan with every source replaced by a tiny synthetic one of the same name: the step
+    depends on the batch shape only, so an estimate needs neither the data nor the tokenizer."""
+    sources = {name: SourceConfig(kind="synthetic", num_docs=8, eval_docs=1) for name in cfg.data.sources}
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sources=sources, workers=0), tokenizer="")
+
+
+def abstract_inputs(setup: RunSetup) -> tuple[TrainState, dict]:
+    """(train state, batch) as ShapeDtypeStructs on the run's shardings."""
+    state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32, sharding=setup.shardings.step),
+                       params=setup.abstract_params, opt_state=setup.abstract_opt)
+    shape = (setup.cfg.data.global_batch_size, setup.cfg.data.seq_len)
+    batch = {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=setup.batch_sharding) for k in BATCH_KEYS}
+    return state, batch
+
+
+def memory_stats(compiled) -> dict[str, int]:
+    """Per-device byte counts of XLA's buffer assignment for the compiled (partitioned) program."""
+    m = compiled.memory_analysis()
+    return {"arguments": int(m.argument_size_in_bytes), "outputs": int(m.output_size_in_bytes),
+            "aliased": int(m.alias_size_in_bytes), "temporaries": int(m.temp_size_in_bytes),
+            "code": int(m.generated_code_size_in_bytes)}
+
+
+def compile_step(cfg: RunConfig, mesh: Mesh) -> dict:
+    """Lower and compile the run's train step; per-device memory, XLA's FLOP count, timings."""
+    setup = build_setup(without_data(cfg), mesh)
+    state, batch = abstract_inputs(setup)
+    t0 = time.perf_counter()
+    lowered = setup.train_step.lower(state, batch)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    state_in, batch_in = compiled.input_shardings[0]
+    split = {"params": input_bytes(state.params, state_in.params),
+             "opt_state": input_bytes(state.opt_state, state_in.opt_state),
+             "batch": input_bytes(batch, batch_in)}
+    return {"memory": memory_stats(compiled), **split, "flops": float((cost or {}).get("flops", float("nan"))),
+            "lower_s": t1 - t0, "compile_s": t2 - t1}
+
+
+def input_bytes(abstract, shardings) -> int:
+    """Per-device bytes of inputs under the shardings the compiled program takes them in (None:
+    an input the step never reads, which XLA drops)."""
+    treedef = jax.tree.structure(abstract)
+    pairs = zip(treedef.flatten_up_to(abstract), treedef.flatten_up_to(shardings), strict=True)
+    return sum(math.prod(s.shard_shape(x.shape)) * x.dtype.itemsize for x, s in pairs if s is not None)

@@ -1,0 +1,73 @@
+"""Held-out loss per source and downstream-task scores of one model, through the training code's
+own setup and batch path (the eval step, batch placement, the task evaluator), so a run's in-loop
+numbers and a later evaluation of its checkpoint agree."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from cpt_jax.data import DataPipeline
+from cpt_jax.errors import UserError
+from cpt_jax.eval.target import LoadedModel, load_checkpoint, load_hf, resolve_plan
+from cpt_jax.sharding.placement import batch_sharding, place_batch
+from cpt_jax.tasks import TaskConfig
+from cpt_jax.train.config import RunConfig
+from cpt_jax.train.heldout import heldout_losses
+from cpt_jax.train.step import make_eval_step
+from cpt_jax.train.task_eval import TaskEvaluator
+
+DEFAULT_TASK_BATCH = 8  # rows per task batch without a plan (rounded up to the data-parallel devices)
+
+
+def heldout(loaded: LoadedModel, cfg: RunConfig, batches: int | None = None) -> dict[str, dict[str, float]]:
+    """{source: {loss, ppl, tokens}} exactly as the training loop computes it."""
+    pipe = DataPipeline(cfg.data, vocab_size=cfg.model.vocab_size)
+    pipe.check(vocab_size=cfg.model.vocab_size, tokenizer=cfg.tokenizer or None)
+    bs = cfg.eval.batch_size or cfg.data.global_batch_size
+    sharding = batch_sharding(loaded.mesh)
+    step = make_eval_step(loaded.graphdef, loaded.shardings, loaded.mesh)
+    return heldout_losses(step, loaded.params, pipe, batches or cfg.eval.batches, bs,
+                          lambda b: place_batch(b, sharding))
+
+
+def task_shape(loaded: LoadedModel, cfg: RunConfig | None) -> tuple[int, int]:
+    """(rows per batch, row length): the plan's eval batch and seq_len (the in-loop shape), else
+    the model's context length (what lm-eval uses) and a small batch."""
+    if cfg is not None:
+        return cfg.eval.batch_size or cfg.data.global_batch_size, cfg.data.seq_len
+    dp = loaded.mesh.shape["data"] * loaded.mesh.shape["fsdp"]
+    return -(-DEFAULT_TASK_BATCH // dp) * dp, loaded.model.max_position_embeddings
+
+
+def evaluate(target: str | None = None, *, model_dir: str | None = None, plan: str | None = None,
+             overrides: Sequence[str] = (), tasks: Sequence[TaskConfig] = (), batches: int | None = None,
+             tokenizer: str | None = None, details: bool = False) -> dict:
+    """Evaluate a run directory, checkpoint DIR[@STEP] or plan file (`target`), or an HF folder
+    (`model_dir`): held-out sources when a plan is known (given, or the run directory's own),
+    and `tasks` (plus the plan's eval.tasks). Returns {"target", "step", "heldout", "tasks"}
+    (and "task_details": per document, the log-likelihood of each request, with `details`)."""
+    if (target is None) == (model_dir is None):
+        raise UserError("evaluate needs exactly one model: a run directory, a checkpoint or a plan, or an HF folder")
+    cfg, ref = resolve_plan(target, plan, list(overrides))
+    all_tasks = list(tasks) + [t for t in (cfg.eval.tasks if cfg is not None else []) if t.name not in
+                               {u.name for u in tasks}]
+    if cfg is None and not all_tasks:
+        raise UserError(f"nothing to evaluate for {model_dir or target}: held-out sources come from a plan (or a run "
+                        "directory's config.yaml), so give one, or give downstream tasks")
+    if model_dir is not None:
+        loaded = load_hf(model_dir, cfg)
+    else:
+        loaded = load_checkpoint(ref if ref is not None else target, cfg)
+    out: dict = {"target": loaded.description, "step": loaded.step, "heldout": {}, "tasks": {}}
+    if cfg is not None:
+        out["heldout"] = heldout(loaded, cfg, batches)
+    if all_tasks:
+        batch_size, seq_len = task_shape(loaded, cfg)
+        evaluator = TaskEvaluator.build(all_tasks, tokenizer or loaded.tokenizer, graphdef=loaded.graphdef,
+                                        param_shardings=loaded.shardings, mesh=loaded.mesh, batch_size=batch_size,
+                                        seq_len=seq_len)
+        if details:
+            out["tasks"], out["task_details"] = evaluator.with_details(loaded.params)
+        else:
+            out["tasks"] = evaluator(loaded.params)
+    return out

@@ -1,0 +1,243 @@
+"""Bad inputs across every command: each ends in exactly one `error:` line that names the problem
+(and the fix), exit status 2, no traceback, and every existing file as it was (the whole work
+folder is hashed before and after; no output is left behind either).
+
+The CLI runs in-process (`cpt_jax.cli.main.main(argv)`), so a case costs what its command does
+before it refuses, not a Python start."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from hf_fixtures import make_tiny_hf_model
+from text_fixtures import documents, vocabulary, word_level_tokenizer, write_jsonl
+
+from cpt_jax.cli.main import main
+
+PLAN = {
+    "model": {"vocab_size": 96, "hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 4,
+              "num_kv_heads": 2, "max_position_embeddings": 64},
+    "data": {"seq_len": 32, "global_batch_size": 8,
+             "sources": {"general": {"kind": "synthetic", "seed": 1, "num_docs": 64, "eval_docs": 8}}},
+    "mesh": {"data": 1, "fsdp": -1, "tensor": 1},
+    "log": {"tensorboard": False},
+    "phases": [{"name": "p", "init": "scratch", "steps": 4, "mixture": {"general": 1.0},
+                "schedule": {"shape": "cosine", "peak_lr": 1e-3, "warmup_steps": 1}}],
+}
+
+
+def tree_state(root: Path) -> dict:
+    return {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(root.rglob("*")) if f.is_file()} | {
+        str(d.relative_to(root)) + "/": "" for d in root.rglob("*") if d.is_dir()}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Inputs every case starts from: text, a tokenizer, a prepared source, an HF folder, a
+    model checkpoint, plans and a finished run."""
+    w = tmp_path_factory.mktemp("world")
+    words = vocabulary("a", 40)
+    write_jsonl(w / "docs.jsonl", documents(words, 40, seed=0))
+    word_level_tokenizer(w / "tokenizer.json", words)
+    assert main(["prepare", str(w / "docs.jsonl"), "--out", str(w / "prepared"), "--tokenizer",
+                 str(w / "tokenizer.json"), "--eval-docs", "4", "--quiet"]) == 0
+    (w / "empty.txt").write_text("")
+    (w / "binary.txt").write_bytes(bytes(range(256)) * 64)
+    (w / "bad.jsonl").write_text('{"text": "a b"}\n{not json\n')
+    (w / "notes.csv").write_text("text\nhello\n")
+    (w / "garbage_tokenizer.json").write_text("this is no tokenizer")
+    make_tiny_hf_model(w / "hf", "llama")
+    assert main(["import-hf", str(w / "hf"), str(w / "ckpt")]) == 0
+    (w / "nonempty").mkdir()
+    (w / "nonempty" / "keep.txt").write_text("mine")
+    (w / "plan.yaml").write_text(yaml.safe_dump({**PLAN, "run_dir": str(w / "run")}))
+    assert main(["train", str(w / "plan.yaml"), "--no-progress"]) == 0
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        pq.write_table(pa.table({"body": ["a b c", "d e"]}), w / "docs.parquet")
+    except ImportError:
+        pass
+    return w
+
+
+def plan_file(w: Path, name: str, *changes: tuple[str, object]) -> str:
+    """A variant of PLAN (run_dir under w/runs/<name>), written into w/plans (before hashing)."""
+    from cpt_jax.config.base import apply_overrides
+    plan = apply_overrides(copy.deepcopy({**PLAN, "run_dir": str(w / "runs" / name)}), [])
+    for key, value in changes:
+        node = plan
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node[int(p)] if isinstance(node, list) else node.setdefault(p, {})
+        if value is None:
+            del node[last]
+        else:
+            node[last] = value
+    path = w / "plans" / f"{name}.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(yaml.safe_dump(plan))
+    return str(path)
+
+
+def hf_copy(w: Path, name: str, change) -> str:
+    """A broken copy of the HF folder."""
+    out = w / "broken" / name
+    if not out.exists():
+        shutil.copytree(w / "hf", out)
+        change(out)
+    return str(out)
+
+
+def set_arch(arch):
+    def change(d):
+        cfg = json.loads((d / "config.json").read_text())
+        (d / "config.json").write_text(json.dumps({**cfg, "architectures": [arch], "model_type": arch.lower()}))
+    return change
+
+
+def truncate_shard(d):
+    shard = sorted(d.glob("*.safetensors"))[0]
+    shard.write_bytes(shard.read_bytes()[:100])
+
+
+def vocab_mismatch_plan(w):
+    return plan_file(w, "vocab", ("data.sources", {"text": {"kind": "prepared", "path": str(w / "prepared")}}),
+                     ("phases.0.mixture", {"text": 1.0}), ("model.vocab_size", 16), ("tokenizer", str(w / "tokenizer.json")))
+
+
+# (id, argv from the world folder, words the error must contain)
+CASES = [
+    # prepare
+    ("prepare-empty-input", lambda w: ["prepare", str(w / "empty.txt"), "--out", str(w / "o1"),
+                                       "--tokenizer", str(w / "tokenizer.json")], ["empty"]),
+    ("prepare-binary-input", lambda w: ["prepare", str(w / "binary.txt"), "--out", str(w / "o2"),
+                                        "--tokenizer", str(w / "tokenizer.json")], ["binary.txt"]),
+    ("prepare-missing-jsonl-field", lambda w: ["prepare", str(w / "docs.jsonl"), "--out", str(w / "o3"),
+                                               "--tokenizer", str(w / "tokenizer.json"), "--field", "body"], ["body"]),
+    ("prepare-broken-jsonl-line", lambda w: ["prepare", str(w / "bad.jsonl"), "--out", str(w / "o4"),
+                                             "--tokenizer", str(w / "tokenizer.json")], ["bad.jsonl"]),
+    ("prepare-missing-parquet-column", lambda w: ["prepare", str(w / "docs.parquet"), "--out", str(w / "o5"),
+                                                  "--tokenizer", str(w / "tokenizer.json")], ["text"]),
+    ("prepare-missing-input", lambda w: ["prepare", str(w / "nope.jsonl"), "--out", str(w / "o6"),
+                                         "--tokenizer", str(w / "tokenizer.json")], ["nope.jsonl"]),
+    ("prepare-unsupported-extension", lambda w: ["prepare", str(w / "notes.csv"), "--out", str(w / "o7"),
+                                                 "--tokenizer", str(w / "tokenizer.json")], ["notes.csv"]),
+    ("prepare-missing-tokenizer", lambda w: ["prepare", str(w / "docs.jsonl"), "--out", str(w / "o8"),
+                                             "--tokenizer", str(w / "nope.model")], ["nope.model"]),
+    ("prepare-garbage-tokenizer", lambda w: ["prepare", str(w / "docs.jsonl"), "--out", str(w / "o9"),
+                                             "--tokenizer", str(w / "garbage_tokenizer.json")], ["garbage_tokenizer"]),
+    ("prepare-non-empty-out", lambda w: ["prepare", str(w / "docs.jsonl"), "--out", str(w / "prepared"),
+                                         "--tokenizer", str(w / "tokenizer.json")], ["--overwrite"]),
+    ("prepare-eval-fraction", lambda w: ["prepare", str(w / "docs.jsonl"), "--out", str(w / "o10"),
+                                         "--tokenizer", str(w / "tokenizer.json"), "--eval-fraction", "1.5"],
+     ["fraction"]),
+    # import-hf
+    ("import-missing-folder", lambda w: ["import-hf", str(w / "nohf"), str(w / "o11")], ["nohf"]),
+    ("import-unsupported-architecture", lambda w: ["import-hf", hf_copy(w, "gpt2", set_arch("GPT2LMHeadModel")),
+                                                   str(w / "o12")], ["GPT2"]),
+    ("import-truncated-safetensors", lambda w: ["import-hf", hf_copy(w, "trunc", truncate_shard), str(w / "o13")],
+     ["safetensors"]),
+    ("import-config-not-json", lambda w: ["import-hf", hf_copy(w, "cfgjson", lambda d: (d / "config.json").write_text(
+        "{oops")), str(w / "o14")], ["config.json"]),
+    ("import-non-empty-out", lambda w: ["import-hf", str(w / "hf"), str(w / "nonempty")], ["--overwrite"]),
+    # export-hf
+    ("export-not-a-checkpoint", lambda w: ["export-hf", str(w / "nonempty"), str(w / "o15")], ["checkpoint"]),
+    ("export-missing-step", lambda w: ["export-hf", str(w / "ckpt"), str(w / "o16"), "--step", "99"], ["99"]),
+    ("export-non-empty-out", lambda w: ["export-hf", str(w / "ckpt"), str(w / "nonempty")], ["--overwrite"]),
+    ("export-bad-shard-size", lambda w: ["export-hf", str(w / "ckpt"), str(w / "o17"), "--max-shard-size", "5XB"],
+     ["5XB"]),
+    # train
+    ("train-missing-plan", lambda w: ["train", str(w / "noplan.yaml")], ["noplan.yaml"]),
+    ("train-unknown-key", lambda w: ["train", plan_file(w, "unknown", ("model.hidden_sizes", 32))], ["hidden_sizes"]),
+    ("train-unknown-source", lambda w: ["train", plan_file(w, "src", ("phases.0.mixture", {"nosuch": 1.0}))],
+     ["nosuch"]),
+    ("train-impossible-schedule", lambda w: ["train", plan_file(w, "sched", ("phases.0.schedule.warmup_steps", 50))],
+     ["warmup"]),
+    ("train-mesh-product", lambda w: ["train", plan_file(w, "mesh", ("mesh", {"data": 3, "fsdp": 1, "tensor": 1}))],
+     ["mesh"]),
+    ("train-hidden-size-misfit", lambda w: ["train", plan_file(w, "hidden", ("model.hidden_size", 36),
+                                                               ("model.num_heads", 4))], ["model.hidden_size=36"]),
+    ("train-tensor-exceeds-kv-heads", lambda w: ["train", plan_file(w, "kv", ("mesh", {"data": 1, "fsdp": 2,
+                                                                                      "tensor": 4}))],
+     ["num_kv_heads"]),
+    ("train-micro-batch", lambda w: ["train", plan_file(w, "batch", ("data.global_batch_size", 12))],
+     ["global_batch_size"]),
+    ("train-eval-batch", lambda w: ["train", plan_file(w, "evalbatch", ("eval", {"batch_size": 6}))],
+     ["eval.batch_size"]),
+    ("train-synthetic-key-on-prepared", lambda w: ["train", plan_file(
+        w, "synkey", ("data.sources", {"text": {"kind": "prepared", "path": str(w / "prepared"), "num_docs": 5}}),
+        ("phases.0.mixture", {"text": 1.0}))], ["num_docs"]),
+    ("train-vocab-mismatch", lambda w: ["train", vocab_mismatch_plan(w)], ["vocab"]),
+    ("train-missing-hf-init", lambda w: ["train", plan_file(w, "hfinit", ("phases.0.init", f"hf:{w / 'nohf'}"))],
+     ["nohf"]),
+    ("train-other-plan-in-run-dir", lambda w: ["train", str(w / "plan.yaml"), "phases.0.steps=5"], ["--force-new"]),
+    ("train-bad-override", lambda w: ["train", str(w / "plan.yaml"), "phases"], ["key.sub=value"]),
+    # schedule, estimate, eval, report, merge, extend-vocab, demo
+    ("schedule-invalid-yaml", lambda w: ["schedule", str(w / "bad.jsonl")], ["bad.jsonl"]),
+    ("estimate-zero-devices", lambda w: ["estimate", str(w / "plan.yaml"), "--devices", "0", "--analytic-only"],
+     ["devices"]),
+    ("eval-missing-model", lambda w: ["eval", "--model", str(w / "nohf"), "--plan", str(w / "plan.yaml")], ["nohf"]),
+    ("report-no-metrics", lambda w: ["report", str(w / "nonempty")], ["metrics"]),
+    ("merge-missing-recipe", lambda w: ["merge", str(w / "norecipe.yaml"), "--out", str(w / "o18")], ["norecipe"]),
+    ("extend-vocab-missing-tokenizer", lambda w: ["extend-vocab", str(w / "ckpt"), "--tokenizer",
+                                                  str(w / "nope.json"), "--out", str(w / "o19")], ["nope.json"]),
+    ("demo-unknown-key", lambda w: ["demo", "no_such_key=1", "--out", str(w / "o20")], ["no_such_key"]),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gives_one_error_line_and_touches_nothing(world, capsys, case):
+    _, argv, words = case
+    if case[0] == "prepare-missing-parquet-column" and not (world / "docs.parquet").exists():
+        pytest.skip("pyarrow is not installed")
+    args = argv(world)  # may write the case's own input first
+    capsys.readouterr()
+    before = tree_state(world)
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    assert "Traceback" not in err, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err[-2000:]
+    for word in words:
+        assert word in lines[0], lines[0]
+    assert tree_state(world) == before
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    where = tmp_path / "disk"
+    where.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24k", "tmpfs", str(where)], capture_output=True,
+                          text=True)
+    if proc.returncode:
+        pytest.skip(f"cannot mount a small tmpfs to fill ({proc.stderr.strip()}); needs root")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.mark.parametrize("command", ["prepare", "export-hf"])
+def test_disk_full_during_output_is_one_error_and_leaves_nothing(world, tiny_disk, capsys, command):
+    """A real 24 KiB filesystem fills up while the output is written."""
+    if command == "prepare":
+        args = ["prepare", str(world / "docs.jsonl"), "--out", str(tiny_disk / "out"), "--tokenizer",
+                str(world / "tokenizer.json"), "--quiet"]
+    else:
+        args = ["export-hf", str(world / "ckpt"), str(tiny_disk / "out")]
+    before = tree_state(world)
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "No space left on device" in lines[0], err[-2000:]
+    assert tree_state(world) == before
+    assert not [p for p in tiny_disk.iterdir() if p.name != "lost+found" and any(p.rglob("*.safetensors"))]
