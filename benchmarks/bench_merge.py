@@ -100,11 +100,11 @@ def child(recipe_path: str, dst: str, tool: str) -> None:
 
         config = MergeConfiguration.model_validate(yaml.safe_load(Path(recipe_path).read_text()))
         options = MergeOptions(quiet=True, write_model_card=False, out_shard_size=500_000_000)
-        merge = lambda: run_merge(config, dst, options)  # noqa: E731
+        merge = lambda: run_merge(config, dst, options)
     else:
         from cpt_jax.surgery.merge import merge_from_recipe
 
-        merge = lambda: merge_from_recipe(recipe_path, dst, progress=False, max_shard_size="500MB")  # noqa: E731
+        merge = lambda: merge_from_recipe(recipe_path, dst, progress=False, max_shard_size="500MB")
     before = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / GB
     t0 = time.perf_counter()
     merge()

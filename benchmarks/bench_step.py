@@ -72,8 +72,8 @@ SIZES = {
 }
 DEFAULT_BATCH = {"tiny": 8, "small": 8, "medium": 8, "llama-1b": 4}
 CPU_DEFAULTS = dict(sizes="tiny,small,medium", seq="128,256", remat="none", attention="auto", dtype="float32")
-# attention "auto" falls back to the XLA implementation on GPU too (jax 0.10), so cuDNN is listed explicitly.
-ACCEL_DEFAULTS = dict(sizes="llama-1b", seq="2048", remat="dots", attention="cudnn,xla", dtype="bfloat16")
+# Every GPU attention path: the Pallas flash kernel ("auto" on GPU), cuDNN and XLA (dense [L, L] mask).
+ACCEL_DEFAULTS = dict(sizes="llama-1b", seq="2048", remat="dots", attention="pallas_gpu,cudnn,xla", dtype="bfloat16")
 
 
 @dataclass(frozen=True)
@@ -471,7 +471,7 @@ def parse_args(accelerator: bool) -> argparse.Namespace:
     p.add_argument("--seq", default=d["seq"], help="comma-separated sequence lengths")
     p.add_argument("--batch", type=int, default=0, help="rows per step (0: per-size default)")
     p.add_argument("--remat", default=d["remat"], help="comma-separated: none, full, dots, dots_no_batch")
-    p.add_argument("--attention", default=d["attention"], help="comma-separated: auto, xla, cudnn")
+    p.add_argument("--attention", default=d["attention"], help="comma-separated: auto, blocked, xla, cudnn, splash, pallas_gpu")
     p.add_argument("--dtype", default=d["dtype"], choices=["float32", "bfloat16"], help="compute dtype")
     p.add_argument("--reps", type=int, default=5, help="timed repetitions per framework")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")

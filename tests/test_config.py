@@ -73,9 +73,20 @@ def test_yaml_file_errors(tmp_path):
 
 
 def test_shipped_configs_load():
+    """Every plan in configs/ (and configs/estimate/) loads as a run config; merge recipes load as recipes."""
     from pathlib import Path
-    for path in sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml")):
+
+    from cpt_jax.surgery.recipe import load_recipe
+
+    configs = Path(__file__).parent.parent / "configs"
+    plans = sorted([*configs.glob("*.yaml"), *configs.glob("estimate/*.yaml")])
+    assert len(plans) >= 6
+    for path in plans:
         load_run_config(path)
+    recipes = sorted(configs.glob("merge/*.yaml"))
+    assert recipes
+    for path in recipes:
+        load_recipe(path)
 
 
 def test_model_param_count_matches_tree(tiny_model_cfg):

@@ -90,6 +90,8 @@ def test_weights_with_a_long_period_are_rounded_to_a_fine_grid():
     assert plan.period <= 10_000
     assert abs(plan.weights[0] - 0.123456789) <= 1e-4 and plan.requested[0] == pytest.approx(0.123456789)
     assert abs(plan.cumulative(10_000)[0] - plan.weights[0] * 64 * 10_000) < 1
+    rare = plan_mixture({"new": 19996, "replay": 1}, 1, KNOWN)  # exact period 19997: one schedule pass
+    assert rare.period == 19997 and rare.cumulative(19997 * 3 + 5) == (19996 * 3 + 5, 3)
 
 
 @pytest.mark.parametrize("mixture, words", [

@@ -123,7 +123,7 @@ def test_rerun_redoes_only_unfinished_shards(corpus, tmp_path, monkeypatch):
 
 def test_refuses_a_dir_holding_other_data_unless_overwrite(corpus, prepared, tmp_path):
     prep.prepare(options(corpus, tmp_path))
-    with pytest.raises(DataError, match="--overwrite"):
+    with pytest.raises(DataError, match="`overwrite` to replace it"):
         prep.prepare(options(corpus, tmp_path, eval_docs=3))
     m = prep.prepare(options(corpus, tmp_path, eval_docs=3, overwrite=True))
     assert m["splits"]["eval"]["documents"] == 3
@@ -260,17 +260,17 @@ def test_eval_inputs_rerun_skips_finished_shards(split_corpus, tmp_path, monkeyp
     # the eval files are part of the input: other eval content is other data
     other = tmp_path / "other_held.jsonl"
     write_jsonl(other, documents(WORDS, 3, seed=99))
-    with pytest.raises(DataError, match="--overwrite"):
+    with pytest.raises(DataError, match="`overwrite` to replace it"):
         prep.prepare(split_options(split_corpus, tmp_path, eval_inputs=(str(other),)))
 
 
 @pytest.mark.parametrize("kw, words", [
-    ({"eval_docs": 5}, "--eval-inputs cannot be combined with --eval-docs/--eval-fraction"),
-    ({"eval_fraction": 0.1}, "--eval-inputs cannot be combined with --eval-docs/--eval-fraction"),
-    ({"eval_inputs": ("train/a.jsonl",)}, "a.jsonl is both a training input and an --eval-inputs file"),
+    ({"eval_docs": 5}, "`eval_inputs` cannot be combined with `eval_docs`/`eval_fraction`"),
+    ({"eval_fraction": 0.1}, "`eval_inputs` cannot be combined with `eval_docs`/`eval_fraction`"),
+    ({"eval_inputs": ("train/a.jsonl",)}, "a.jsonl is both a training input and an `eval_inputs` file"),
     ({"eval_inputs": ("copy.jsonl",)}, "has the same content as training input"),
     ({"eval_inputs": ("nothing.jsonl",)}, "no eval documents"),
-    ({"eval_inputs": ("missing",)}, "--eval-inputs: input"),
+    ({"eval_inputs": ("missing",)}, "`eval_inputs`: input"),
 ])
 def test_eval_inputs_conflicts_are_refused(split_corpus, tmp_path, kw, words):
     root = split_corpus["root"]

@@ -33,6 +33,26 @@ def test_report_has_table_curves_lr_plot_and_sample(demo):
     assert report in stdout  # the demo prints its report
 
 
+def test_report_shows_tasks_stability_gap_per_source_loss_and_epochs(demo):
+    from cpt_jax.report import load_run
+
+    out, _ = demo
+    report = (out / "report" / "README.md").read_text()
+    assert "| replay | cpt-code-replay | prose-cloze |" in report and "| no-replay | cpt-code-only | code-cloze |" in report
+    assert "## Stability gap" in report and "| replay | cpt-code-replay | prose |" in report
+    assert "| replay | cpt-code-replay | prose | 5.00% |" in report  # requested share, then realised and epochs
+    run = load_run(out / "runs" / "replay")
+    assert run.train_sources == ["code", "prose"] and run.task_names == ["code-cloze", "prose-cloze"]
+    acc = [r["acc"] for r in run.tasks]
+    assert all(0.0 <= a <= 1.0 for a in acc)
+    evals = sorted({r["step"] for r in run.evals})
+    assert evals[:3] == [0, 10, 20]  # dense at the phase start (dense_every 10 over the first 20 steps)
+    last = [r for r in run.train if "epochs/prose" in r][-1]
+    assert 0 < last["epochs/prose"] and abs(last["share/prose"] - 0.05) < 1e-9
+    png = (out / "report" / "curves-replay.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_learning_and_replay_reduces_forgetting(demo):
     out, _ = demo
     summary = json.loads((out / "report" / "summary.json").read_text())

@@ -31,7 +31,8 @@ def trained(tmp_path_factory):
                  "sources": {"general": {"kind": "synthetic", "seed": 1, "num_docs": 64, "eval_docs": 16},
                              "domain": {"kind": "synthetic", "seed": 2, "num_docs": 64, "eval_docs": 16}}},
         "mesh": {"data": 2, "fsdp": 4}, "log": {"tensorboard": False},
-        "eval": {"every": 2, "batches": 1, "tasks": [{"name": "mc", "path": str(tasks)}]},
+        "eval": {"every": 2, "batches": 1, "tasks": [{"name": "mc", "path": str(tasks)}],
+                 "dense_first": 2, "dense_every": 1},
         "phases": [{"name": "cpt", "init": f"hf:{hf_dir}", "carry": "params", "steps": 2,
                     "mixture": {"domain": 1.0}, "schedule": {"shape": "constant", "peak_lr": 1e-3}}],
     }
@@ -84,3 +85,16 @@ def test_errors_name_the_fix(trained, capsys):
     bad.write_text('{"context": "w3", "choices": ["w4", "w5"], "gold": 5}\n')
     assert main(["eval", "--model", str(tmp / "hf"), "--task", f"bad={bad}"]) == 2
     assert "bad.jsonl:1" in capsys.readouterr().err
+
+
+def test_the_loop_scores_tasks_at_every_eval_and_densely_early(trained):
+    """In training: held-out loss and task scores at the phase start, at the dense early steps and at
+    the end; the logged task scores equal `cpt-jax eval` of the same checkpoint."""
+    tmp, _, _, _ = trained
+    rows = read_jsonl(tmp / "run" / "metrics.jsonl")
+    assert sorted({r["step"] for r in rows if r["kind"] == "eval"}) == [0, 1, 2]
+    task = {r["step"]: r for r in rows if r["kind"] == "task" and r["task"] == "mc"}
+    assert sorted(task) == [0, 1, 2] and task[2]["n"] == 10
+    by_run = _eval(tmp, "run-again", tmp / "run")
+    for key in ("acc", "acc_norm"):
+        assert task[2][key] == by_run["tasks"]["mc"][key]

@@ -167,7 +167,7 @@ def test_export_input_errors(ckpt, tmp_path):
         export_hf(tmp_path / "empty", tmp_path / "out")
     with pytest.raises(UserError, match="--max-shard-size 'big'"):
         export_hf(ckpt, tmp_path / "out", max_shard_size="big")
-    with pytest.raises(UserError, match="--dtype 'fp8'"):
+    with pytest.raises(UserError, match="unknown dtype 'fp8'"):
         export_hf(ckpt, tmp_path / "out", dtype="fp8")
     assert nothing_left(tmp_path, "out")
 

@@ -2,6 +2,7 @@
 and an export reloads in transformers with bit-exact tensors, no missing/unexpected keys and the
 same logits. Every model is a tiny random one made by transformers itself."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from cpt_jax.checkpoint.model_checkpoint import load_model_checkpoint, save_mode
 from cpt_jax.model.config import ModelConfig
 from cpt_jax.hf import export_hf, import_hf, load_hf_params
 from cpt_jax.sharding import MeshConfig, make_mesh
-from cpt_jax.model.params import abstract_model, abstract_params, param_shardings
+from cpt_jax.model.params import abstract_model, abstract_params, param_shardings, to_layout
 
 TOL = 1e-4
 LLAMA3_ROPE = dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
@@ -213,13 +214,14 @@ def test_half_precision_sources_import_exactly(tmp_path, family, dtype):
         assert all(dst[k].dtype == src[k].dtype and dst[k].equal(src[k]) for k in src)
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3"])
-def test_scratch_model_exports_with_family_defaults(tmp_path, family):
-    """A model trained from scratch in cpt_jax (no HF source) exports as its family's class."""
+@pytest.mark.parametrize("family,scan", [("llama", True), ("mistral", False), ("qwen2", True), ("qwen3", False)])
+def test_scratch_model_exports_with_family_defaults(tmp_path, family, scan):
+    """A model trained from scratch in cpt_jax (no HF source) exports as its family's class, from
+    a checkpoint of either layer layout (stacked layers are written one layer row at a time)."""
     cfg = ModelConfig(family=family, vocab_size=96, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
                       num_kv_heads=2, head_dim=16 if family == "qwen3" else None, max_position_embeddings=64,
                       tie_embeddings=family == "qwen2", qkv_bias=family == "qwen2", qk_norm=family == "qwen3",
-                      rope_theta=20000.0)
+                      rope_theta=20000.0, scan_layers=scan)
     rng = np.random.default_rng(0)
     params = jax.tree.map(lambda x: jnp.asarray(0.5 * rng.standard_normal(x.shape), jnp.float32), abstract_params(cfg))
     ckpt = save_model_checkpoint(tmp_path / "ckpt", params, cfg, {})
@@ -235,17 +237,23 @@ def test_scratch_model_exports_with_family_defaults(tmp_path, family):
     assert np.abs(ours(params, cfg, tokens) - hf_logits(model, tokens)).max() <= TOL
 
 
-def test_import_places_tensors_on_the_mesh(tmp_path):
+@pytest.mark.parametrize("scan", [True, False], ids=["scanned", "unrolled"])
+def test_import_places_tensors_on_the_mesh(tmp_path, scan):
+    """Straight into the shards of either layer layout; the same values as a one-device import."""
     hf_dir = make_tiny_hf_model(tmp_path / "hf", "qwen3", head_dim=16)
     mesh = make_mesh(MeshConfig(data=1, fsdp=2, tensor=2), jax.devices()[:4])
     cfg, params, _ = load_hf_params(hf_dir, None, None)
+    assert cfg.scan_layers  # the default
+    cfg = dataclasses.replace(cfg, scan_layers=scan)
     shardings = param_shardings(cfg, mesh)
-    _, sharded, _ = load_hf_params(hf_dir, None, shardings)
+    _, sharded, _ = load_hf_params(hf_dir, cfg, shardings)
     for (path, x), s, ref in zip(jax.tree_util.tree_leaves_with_path(sharded), jax.tree.leaves(shardings),
-                                 jax.tree.leaves(params)):
+                                 jax.tree.leaves(to_layout(params, scan))):
         assert x.sharding == s, path
         np.testing.assert_array_equal(np.asarray(x), np.asarray(ref))
-    assert sharded["layers"][0]["attn"]["q"].sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
+    q = sharded["layers"]["attn"]["q"] if scan else sharded["layers"][0]["attn"]["q"]
+    P = jax.sharding.PartitionSpec
+    assert q.sharding.spec == (P(None, "fsdp", "tensor", None) if scan else P("fsdp", "tensor", None))
 
 
 def test_cli_import_on_a_mesh_then_export(tmp_path):

@@ -4,15 +4,16 @@ rescaling, determinism) and the streaming shard writer."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from hf_fixtures import make_tiny_hf_model
 
 from cpt_jax.errors import ConfigError, UserError
 from cpt_jax.surgery import merge_methods as mm
 from cpt_jax.surgery.recipe import evaluate, layer_position, load_recipe
-from hf_fixtures import make_tiny_hf_model
 
 
 def _write(tmp_path, recipe: dict, name="recipe.yaml"):
@@ -127,11 +128,18 @@ def _dare_recipe(trio, seed=None):
                        {"model": trio["b"], "parameters": {"weight": 0.5, "density": 0.6}}]}
 
 
-def _read(folder):
-    from cpt_jax.hf.safetensors_io import read_tensors, tensor_files
+def read_hf_tensors(folder) -> dict[str, np.ndarray]:
+    """Every tensor of an HF folder as numpy (bf16 widened to fp32, exactly), read by safetensors."""
+    import torch
+    from safetensors.torch import load_file
 
-    files = tensor_files(folder)
-    return {n: np.array(v) for n, v in read_tensors(files, files)}
+    out = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        out.update({k: (v.float() if v.dtype == torch.bfloat16 else v).numpy() for k, v in load_file(f).items()})
+    return out
+
+
+_read = read_hf_tensors
 
 
 def test_dare_merge_is_reproducible_under_a_seed(trio, tmp_path):
@@ -194,16 +202,18 @@ def test_streaming_writer_shards_load_in_safetensors(tmp_path):
 def test_bf16_inputs_merge_in_fp32_and_keep_their_dtype(tmp_path):
     import ml_dtypes
 
+    from cpt_jax.hf.safetensors_io import tensor_files, tensor_headers
     from cpt_jax.surgery.merge import merge_from_recipe
 
     a = make_tiny_hf_model(tmp_path / "a", "llama", seed=0, tokenizer=False, dtype="bfloat16")
     b = make_tiny_hf_model(tmp_path / "b", "llama", seed=1, tokenizer=False, dtype="bfloat16")
     recipe = _write(tmp_path, {"merge_method": "linear", "models": [
         {"model": str(a), "parameters": {"weight": 1.0}}, {"model": str(b), "parameters": {"weight": 3.0}}]})
-    out = _read(merge_from_recipe(recipe, tmp_path / "out", progress=False))
-    ta, tb = _read(a), _read(b)
+    out_dir = merge_from_recipe(recipe, tmp_path / "out", progress=False)
+    out, ta, tb = _read(out_dir), _read(a), _read(b)
+    headers = tensor_headers(tensor_files(out_dir))
     for name, x in out.items():
-        assert x.dtype == ml_dtypes.bfloat16
-        want = ((ta[name].astype(np.float32) + 3 * tb[name].astype(np.float32)) / 4).astype(ml_dtypes.bfloat16)
+        assert headers[name].dtype == "BF16"
+        want = ((ta[name] + 3 * tb[name]) / 4).astype(ml_dtypes.bfloat16).astype(np.float32)
         np.testing.assert_array_equal(x, want)
     assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == "bfloat16"

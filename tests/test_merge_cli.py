@@ -8,18 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from hf_fixtures import hf_logits, load_hf_model, make_tiny_hf_model
+from test_merge import read_hf_tensors as _tensors
 
 from cpt_jax.cli.main import main
-from hf_fixtures import hf_logits, load_hf_model, make_tiny_hf_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _tensors(folder) -> dict[str, np.ndarray]:
-    from cpt_jax.hf.safetensors_io import read_tensors, tensor_files
-
-    files = tensor_files(folder)
-    return {name: np.array(view, dtype=np.float32) for name, view in read_tensors(files, files)}
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +26,7 @@ def trio(tmp_path_factory):
 
 
 def _chat_vector_recipe(tmp_path, base, cpt, instruct) -> Path:
-    recipe = yaml.safe_load((ROOT / "configs" / "chat_vector.yaml").read_text())
+    recipe = yaml.safe_load((ROOT / "configs" / "merge" / "chat_vector.yaml").read_text())
     recipe["base_model"], recipe["tokenizer_source"] = str(base), str(instruct)
     recipe["models"][0]["model"], recipe["models"][1]["model"] = str(cpt), str(instruct)
     path = tmp_path / "chat_vector.yaml"
@@ -57,6 +53,8 @@ def test_chat_vector_recipe_loads_in_transformers(trio, tmp_path):
         want = cpt[name] + (instruct[name] - base[name])  # CPT + chat vector, rounded to bf16 as out_dtype asks
         np.testing.assert_allclose(x, want, rtol=2 ** -8, atol=1e-6, err_msg=name)
     assert main(["merge", str(recipe), "--out", str(out)]) == 2  # no silent overwrite
+    assert main(["merge", str(recipe), "--out", str(out), "--overwrite"]) == 0
+    assert (out / "model.safetensors").is_file() and not (out / "model.safetensors.index.json").exists()
 
 
 def test_ckpt_input_and_cpt_jax_output(trio, tmp_path):

@@ -6,18 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import yaml
-
 from hf_fixtures import make_tiny_hf_model
+from test_merge import read_hf_tensors as _tensors
 
 pytest.importorskip("mergekit")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-def _tensors(folder) -> dict[str, np.ndarray]:
-    from cpt_jax.hf.safetensors_io import read_tensors, tensor_files
-
-    files = tensor_files(folder)
-    return {name: np.array(view) for name, view in read_tensors(files, files)}
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,13 @@ import pytest
 from cpt_jax.checkpoint.run_checkpoint import CheckpointConfig, RunCheckpointer
 from cpt_jax.config.base import from_dict, to_dict
 from cpt_jax.errors import ConfigError
-from cpt_jax.model.params import abstract_model, abstract_params, init_params, param_shardings, with_shardings
+from cpt_jax.model.params import (
+    abstract_model,
+    abstract_params,
+    init_params,
+    param_shardings,
+    with_shardings,
+)
 from cpt_jax.sharding import MeshConfig, make_mesh
 from cpt_jax.sharding.mesh import AXES, abstract_mesh
 from cpt_jax.sharding.placement import batch_sharding
@@ -86,7 +92,7 @@ def test_checkpoint_moves_between_one_and_two_slices(tiny_model_cfg, tmp_path):
     ckpt.save(1, state.params, state.opt_state, {"model": to_dict(tiny_model_cfg), "note": "single slice"})
     ckpt.close()
 
-    mesh2, shardings2, abstract2 = state_on(TWO_SLICES_FSDP, tiny_model_cfg, tx)
+    _, shardings2, abstract2 = state_on(TWO_SLICES_FSDP, tiny_model_cfg, tx)
     opt2 = with_shardings(jax.eval_shape(tx.init, abstract2), shardings2.opt_state)
     ckpt = RunCheckpointer(tmp_path / "one", cfg)
     params, opt_state, meta = ckpt.restore(1, abstract2, opt2)

@@ -57,9 +57,9 @@ def test_gqa_equals_mha_with_repeated_kv(tiny_model_cfg):
     mha_graph, _ = make(mha_cfg)
     mha = jax.tree.map(lambda x: x, gqa)
     group = tiny_model_cfg.num_heads // tiny_model_cfg.kv_heads
-    for layer in mha["layers"].values():
-        for name in ("k", "v"):
-            layer["attn"][name] = jnp.repeat(layer["attn"][name], group, axis=1)
+    assert tiny_model_cfg.scan_layers  # the default: every layer's k and v stacked, [layers, d, kv, hd]
+    for name in ("k", "v"):
+        mha["layers"]["attn"][name] = jnp.repeat(mha["layers"]["attn"][name], group, axis=-2)
     tokens = np.random.default_rng(2).integers(0, 128, (2, 16))
     np.testing.assert_allclose(apply(gqa_graph, gqa, tokens), apply(mha_graph, mha, tokens), atol=1e-5)
 

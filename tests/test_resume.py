@@ -3,6 +3,7 @@ other meshes, divergence and bad plans. Each run is a real `Trainer` (or the CLI
 
 import copy
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,8 +15,8 @@ import pytest
 import yaml
 
 from cpt_jax.config.base import apply_overrides, from_dict
-from cpt_jax.train.config import RunConfig
 from cpt_jax.errors import TrainingDiverged
+from cpt_jax.train.config import RunConfig
 from cpt_jax.train.loop import Trainer
 from cpt_jax.train.metrics import read_jsonl
 
@@ -182,7 +183,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_last_good(tmp_path):
 def test_a_different_plan_in_the_same_run_dir_is_refused(reference, tmp_path):
     from cpt_jax.errors import UserError
     Trainer(make_cfg(tmp_path), progress=False, stop_after=5).run()
-    changed = make_cfg(tmp_path, "phases.1.mixture.general=0.5")
+    changed = make_cfg(tmp_path, "phases.0.schedule.peak_lr=1e-3")  # phase 0 has started (phase 1 could change)
     with pytest.raises(UserError, match="different plan.*--force-new"):
         Trainer(changed, progress=False).run()
     # A different mesh or eval cadence is not a different plan.
@@ -237,7 +238,6 @@ def test_wrong_device_count_stops_before_touching_the_run_then_the_right_one_res
     cfg_file = tmp_path / "plan.yaml"
     cfg_file.write_text(yaml.safe_dump(plan))
     Trainer(from_dict(RunConfig, plan), progress=False, stop_after=12).run()
-    import shutil
     shutil.rmtree(run / "checkpoints" / "12")
     before = tree_state(run)
     proc = run_cli(["train", str(cfg_file), "--no-progress"], devices=6, check=False)
@@ -256,7 +256,7 @@ def test_an_intact_step_that_this_invocation_cannot_restore_is_not_moved(referen
     """A restore that fails for a reason of this invocation (here: restore targets of another
     model, as a wrong mesh or device count would give) stops with CheckpointError; the step's
     own files are whole, so nothing is moved aside."""
-    import shutil
+
     from cpt_jax.checkpoint.run_checkpoint import CheckpointConfig, RunCheckpointer
     from cpt_jax.errors import CheckpointError
     from cpt_jax.train.setup import build_setup
@@ -276,7 +276,7 @@ def test_an_intact_step_that_this_invocation_cannot_restore_is_not_moved(referen
 def test_find_damage_names_what_is_broken(reference, tmp_path, damage):
     """Damage is judged from the step's own files: each kind is found and named; the intact
     step has none."""
-    import shutil
+
     from cpt_jax.checkpoint.damage import find_damage
     from cpt_jax.checkpoint.run_checkpoint import FORMAT
     step = tmp_path / "24"
@@ -302,14 +302,15 @@ def test_find_damage_names_what_is_broken(reference, tmp_path, damage):
 def test_every_step_damaged_refuses_to_start_over(reference, tmp_path):
     """Damaged steps are moved aside, never deleted, and the run does not restart from scratch
     over them (nor truncate its metrics); force_new moves the whole run aside."""
-    import shutil
     from cpt_jax.errors import CheckpointError
-    Trainer(make_cfg(tmp_path), progress=False, stop_after=6).run()
+    shutil.copytree(reference / "checkpoints" / "5", tmp_path / "checkpoints" / "5")  # a run with one step
+    for name in ("config.yaml", "metrics.jsonl"):
+        shutil.copy(reference / name, tmp_path / name)
     (tmp_path / "checkpoints" / "5" / "meta" / "metadata").write_text("garbage")
     metrics = (tmp_path / "metrics.jsonl").read_bytes()
-    with pytest.warns(UserWarning, match=r"step 5 .* is damaged \(its meta/metadata file is unreadable"):
-        with pytest.raises(CheckpointError, match="holds checkpoints but none can be resumed"):
-            Trainer(make_cfg(tmp_path), progress=False).run()
+    with (pytest.warns(UserWarning, match=r"step 5 .* is damaged \(its meta/metadata file is unreadable"),
+          pytest.raises(CheckpointError, match="holds checkpoints but none can be resumed")):
+        Trainer(make_cfg(tmp_path), progress=False).run()
     assert step_dirs(tmp_path, "corrupt-checkpoints") == [5] and step_dirs(tmp_path) == []
     with pytest.raises(CheckpointError, match="holds checkpoints but none can be resumed"):
         Trainer(make_cfg(tmp_path), progress=False).run()  # the next attempt refuses too
@@ -318,7 +319,6 @@ def test_every_step_damaged_refuses_to_start_over(reference, tmp_path):
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("previous-")]
     assert len(aside) == 1 and (aside[0] / "metrics.jsonl").read_bytes() == metrics
     assert step_dirs(aside[0], "corrupt-checkpoints") == [5]
-    del shutil
 
 
 @pytest.fixture
@@ -329,7 +329,7 @@ def small_fs(tmp_path):
     def mount(where: Path, size: str) -> Path:
         where.mkdir(parents=True, exist_ok=True)
         proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, check=False)
         if proc.returncode:
             pytest.skip(f"cannot mount a tmpfs to fill or make read-only ({proc.stderr.strip()}); needs root")
         mounts.append(where)
@@ -354,7 +354,7 @@ def test_background_save_on_a_full_disk_stops_with_a_clear_error(tmp_path, small
     assert max(s for s, _, _ in losses(tmp_path)) <= 12  # stopped within a step or two of the failed save
 
 
-def test_read_only_checkpoint_dir_fails_the_save_and_keeps_earlier_steps(reference, tmp_path, small_fs):
+def test_read_only_checkpoint_dir_fails_the_save_and_keeps_earlier_steps(tmp_path, small_fs):
     """A run resumed onto a checkpoint directory that became read-only (remounted ro): the next
     save fails with a clear error, no traceback, and step 5 is untouched."""
     small_fs(tmp_path / "checkpoints", "4m")
@@ -369,3 +369,61 @@ def test_read_only_checkpoint_dir_fails_the_save_and_keeps_earlier_steps(referen
     err = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
     assert len(err) == 1 and "saving checkpoint step 10" in err[0] and "Read-only file system" in err[0], proc.stderr[-2000:]
     assert tree_state(tmp_path / "checkpoints") == before
+
+
+def test_weight_decay_skips_every_bias_and_norm_by_name():
+    """decay_norms_and_biases: false excludes Qwen2's q/k/v biases too, which are 2-D per layer
+    (3-D stacked), not only 1-D tensors; true decays everything."""
+    import dataclasses
+
+    import jax
+
+    from cpt_jax.model.config import ModelConfig
+    from cpt_jax.model.params import abstract_params
+    from cpt_jax.train.optimizer import weight_mask
+    cfg = ModelConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                      num_kv_heads=2, max_position_embeddings=64, qkv_bias=True)
+    for scanned in (True, False):
+        params = abstract_params(dataclasses.replace(cfg, scan_layers=scanned))
+        mask = {jax.tree_util.keystr(p, simple=True, separator="."): v
+                for p, v in jax.tree_util.tree_flatten_with_path(weight_mask(params))[0]}
+        off = sorted({k.split(".")[-1] if "bias" in k else k.split(".")[-2] for k, v in mask.items() if not v})
+        assert off == ["attn_norm", "final_norm", "k_bias", "mlp_norm", "q_bias", "v_bias"], off
+        assert all(v for k, v in mask.items() if "bias" not in k and "norm" not in k)
+
+
+def test_ckpt_start_loads_into_the_runs_param_dtype(reference, tmp_path):
+    """init: ckpt: of a float32 checkpoint in a bfloat16 run gives bfloat16 parameters, as a
+    resumed bfloat16 run has."""
+    import jax
+    import jax.numpy as jnp
+
+    from cpt_jax.train.phase_init import phase_start_params
+    from cpt_jax.train.setup import build_setup
+    cfg = make_cfg(tmp_path, "model.param_dtype=bfloat16")
+    setup = build_setup(cfg)
+    params, _ = phase_start_params(f"ckpt:{reference}@12", cfg.model, setup.mesh, setup.param_shardings, 0, None,
+                                   "phases[0].init")
+    assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
+    assert {x.dtype for x in jax.tree.leaves(setup.abstract_params)} == {jnp.dtype(jnp.bfloat16)}
+
+
+def test_log_progress_false_turns_the_bar_off(tmp_path, capsys):
+    Trainer(make_cfg(tmp_path, "log.progress=false", "phases.0.steps=4", "phases.1.steps=5"), progress=True).run()
+    err = capsys.readouterr().err
+    assert "phase 0 'pretrain'" in err and "%|" not in err and "step/s" not in err
+
+
+def test_log_every_is_the_metrics_fetch_cadence(tmp_path):
+    """log.every (REFERENCE.md: fetch metrics every N steps; each step is logged): the log hook
+    is due once N steps are pending, and each pending step becomes its own metrics line."""
+    from cpt_jax.train.hooks import StepInfo
+    from cpt_jax.train.loop import LoopState, PendingMetrics
+    trainer = Trainer(make_cfg(tmp_path, "log.every=3"), progress=False)
+    pending = PendingMetrics()
+    hooks = trainer._hooks(LoopState(), pending)
+    info = StepInfo(step=2, phase=0, phase_step=2, phase_end=False, stopping=False)
+    pending.steps[:] = [(1, 1, None), (2, 2, None)]
+    assert "log" not in [h.name for h in hooks.due(info)]
+    pending.steps.append((3, 3, None))
+    assert "log" in [h.name for h in hooks.due(StepInfo(**{**info.__dict__, "step": 3, "phase_step": 3}))]

@@ -11,7 +11,10 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from cpt_jax.checkpoint.model_checkpoint import load_model_checkpoint, save_model_checkpoint
+from cpt_jax.checkpoint.model_checkpoint import (
+    load_model_checkpoint,
+    save_model_checkpoint,
+)
 from cpt_jax.config.base import apply_overrides, from_dict
 from cpt_jax.model.config import ModelConfig
 from cpt_jax.model.params import (
@@ -20,7 +23,6 @@ from cpt_jax.model.params import (
     check_compatible,
     init_params,
     layer_param,
-    matrix_mask,
     param_shardings,
     stack_layers,
     to_layout,
@@ -111,14 +113,6 @@ def test_layouts_convert_both_ways_and_address_layers():
     converted = to_layout(state, scanned=True)
     assert converted[0] == 3 and converted[2] == ()
     assert converted[1]["mu"]["layers"]["attn"]["q"].shape == (3, 32, 4, 8)
-
-
-def test_weight_decay_mask_skips_vectors_in_both_layouts():
-    params = random_unrolled(cfg_of(False))
-    mask_u, mask_s = matrix_mask(params), matrix_mask(stack_layers(params))
-    assert mask_u["layers"][0]["attn_norm"]["weight"] is False and mask_u["layers"][0]["mlp"]["up"] is True
-    assert mask_s["layers"]["attn_norm"]["weight"] is False and mask_s["layers"]["mlp"]["up"] is True
-    assert mask_s["final_norm"]["weight"] is False and mask_s["embed"] is True
 
 
 def test_stacked_params_shard_like_their_layers():

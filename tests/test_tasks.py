@@ -218,3 +218,34 @@ def test_task_rows_format():
     assert rows == [{"kind": "task", "step": 7, "phase": 1, "phase_name": "cpt", "task": "mc", "acc": 0.5,
                      "acc_norm": 0.25, "n": 4.0}]
     assert scalar_tags(rows[0]) == {"task/mc/acc": 0.5, "task/mc/acc_norm": 0.25, "task/mc/n": 4.0}
+
+
+def test_shipped_example_tasks_load():
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "configs" / "tasks"
+    assert len(load_docs(folder / "example_mc.jsonl", "multiple_choice")) == 12
+    assert len(load_docs(folder / "example_mc_fewshot.jsonl", "multiple_choice")) == 6
+    assert len(load_docs(folder / "example_text.jsonl", "loglikelihood")) == 3
+
+
+def test_sentencepiece_and_its_hf_export_build_the_same_requests(tmp_path):
+    """In the loop a run may tokenise with its sentencepiece .model; `cpt-jax eval --model` reads the
+    exported tokenizer.json. Both must give the same requests, so the scores agree."""
+    from cpt_jax.data.tokenizer import train_sentencepiece
+    from cpt_jax.hf.spm_tokenizer import spm_to_hf_tokenizer
+    from text_fixtures import documents, vocabulary
+
+    model = tmp_path / "tok.model"
+    train_sentencepiece(documents(vocabulary("a", 40), 200, seed=3), model, 120)
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    spm_to_hf_tokenizer(model, hf, max_length=64)
+    spm_tok, hf_tok = load_task_tokenizer(model), load_task_tokenizer(hf)
+    assert spm_tok.prefix_id == hf_tok.prefix_id == 1  # BOS
+    rows = [{"context": "aaa aab aac", "choices": ["aad", "aae aaf", "zz top"], "gold": 0},
+            {"context": "aba abb ", "choices": ["abc", "abd"], "gold": 1}]
+    path = _jsonl(tmp_path / "t.jsonl", rows)
+    a = prepare_task(TaskConfig("t", str(path)), spm_tok, seq_len=32)
+    b = prepare_task(TaskConfig("t", str(path)), hf_tok, seq_len=32)
+    assert a.requests == b.requests and all(r.continuation for r in a.requests)

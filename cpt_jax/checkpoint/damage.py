@@ -23,6 +23,7 @@ from cpt_jax.model.config import ModelConfig
 from cpt_jax.model.params import abstract_params
 
 ARRAY_ITEMS = ("params", "opt_state")
+OPTIONAL_ITEMS = ("ema",)  # the weight EMA, in runs that keep one (same tree as params)
 META_FIELDS = ("model", "phase", "phase_step")
 
 
@@ -109,8 +110,9 @@ def find_damage(step_dir: str | Path, step: int, fmt: str) -> str | None:
     if damage:
         return damage
     shapes = _saved_shapes(meta)
-    for item in ARRAY_ITEMS:
-        damage = _array_damage(step_dir / item, shapes if item == "params" else None)
+    optional = tuple(n for n in OPTIONAL_ITEMS if (step_dir / n).is_dir())
+    for item in (*ARRAY_ITEMS, *optional):
+        damage = _array_damage(step_dir / item, shapes if item in ("params", "ema") else None)
         if damage:
             return damage
     return None

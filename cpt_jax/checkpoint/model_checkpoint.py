@@ -26,6 +26,7 @@ from cpt_jax.model.params import abstract_params, find_layout, relayout, to_layo
 
 FORMAT = "cpt_jax.model/1"
 ITEMS = ("params", "meta")
+READ_ITEMS = (*ITEMS, "ema")  # a run's steps may also hold the weight EMA (optimizer.ema_decay)
 SAVE_HOST_GB = 0.5  # host copies in flight while saving (raised to the largest array if that is larger)
 # Files a model checkpoint keeps in tokenizer/ (whichever the source has).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -52,7 +53,8 @@ def _open(path: str | Path, step: int | None) -> Iterator[tuple[ocp.CheckpointMa
     directory = manager_dir(path)
     if not directory.is_dir():
         raise UserError(f"{path} is not a cpt_jax checkpoint (no such directory)")
-    mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False), item_names=ITEMS)
+    mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False),
+                                 item_names=READ_ITEMS)
     try:
         steps = sorted(mngr.all_steps())
         if not steps:
@@ -121,12 +123,17 @@ class HostParamReader:
     a consumer such as the HF exporter holds one layer in memory, never the whole model, and
     needs no accelerator."""
 
-    def __init__(self, path: str | Path, step: int | None = None):
+    def __init__(self, path: str | Path, step: int | None = None, item: str = "params"):
+        """item: 'params', or 'ema' for a run's weight EMA."""
         self._stack = ExitStack()
         self._mngr, self.step = self._stack.enter_context(_open(path, step))
+        self.item = item
         try:
             self.meta = _read_meta(self._mngr, self.step, path)
             self.model_cfg = _model_config(self.meta, path)
+            if item != "params" and not (manager_dir(path) / str(self.step) / item).is_dir():
+                raise UserError(f"{path} step {self.step} holds no {item!r} weights (a run keeps a weight EMA "
+                                "only with optimizer.ema_decay > 0)")
         except BaseException:
             self.close()
             raise
@@ -135,7 +142,7 @@ class HostParamReader:
         """`subtree`: nested dict (a part of the param tree) of ShapeDtypeStructs -> numpy arrays."""
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), subtree)
         args = ocp.args.PyTreeRestore(item=subtree, restore_args=restore_args, partial_restore=True)
-        return self._mngr.restore(self.step, args=ocp.args.Composite(params=args))["params"]
+        return self._mngr.restore(self.step, args=ocp.args.Composite(**{self.item: args}))[self.item]
 
     def close(self) -> None:
         self._stack.close()

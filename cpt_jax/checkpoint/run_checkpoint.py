@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import time
 import warnings
@@ -24,11 +25,17 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from cpt_jax.errors import CheckpointError
 from cpt_jax.checkpoint.damage import find_damage
 from cpt_jax.checkpoint.model_checkpoint import saved_model_config
 from cpt_jax.config.base import require
-from cpt_jax.model.params import find_layout, num_stacked, relayout, stack_layers, to_layout
+from cpt_jax.errors import CheckpointError
+from cpt_jax.model.params import (
+    find_layout,
+    num_stacked,
+    relayout,
+    stack_layers,
+    to_layout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +79,10 @@ class RunCheckpointer:
             read_only=read_only,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_names=("params", "opt_state", "meta"))
+                                             item_names=("params", "opt_state", "meta", "ema"))
         self._pending: int | None = None  # the step whose (background) save is not yet confirmed
+        self._errors = _ErrorCapture()  # orbax logs a failed background write instead of raising it
+        logging.getLogger("absl").addHandler(self._errors)
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -81,18 +90,22 @@ class RunCheckpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, params: Any, opt_state: Any, meta: dict) -> None:
+    def save(self, step: int, params: Any, opt_state: Any, meta: dict, ema: Any = None) -> None:
         """Start a save (asynchronous when configured); returns once the device arrays are
-        copied, so training can go on while orbax writes."""
+        copied, so training can go on while orbax writes. ema: the weight EMA (item `ema`), if kept."""
         self.check()
+        refused = _write_probe(self.directory)  # read-only or full already: orbax's threads would
+        if refused is not None:  # wait minutes for a step directory that is never created
+            raise self._save_failed(step, refused)
         meta = {**meta, "format": FORMAT, "step": int(step)}
         try:
             self.manager.save(step, force=True, args=ocp.args.Composite(
                 params=ocp.args.StandardSave(params),
                 opt_state=ocp.args.StandardSave(opt_state),
                 meta=ocp.args.JsonSave(meta),
+                **({"ema": ocp.args.StandardSave(ema)} if ema is not None else {}),
             ))
-        except Exception as e:  # noqa: BLE001 - orbax wraps I/O errors in several types
+        except Exception as e:
             raise self._save_failed(step, e) from e
         self._pending = int(step)
         self.check()
@@ -105,13 +118,15 @@ class RunCheckpointer:
             return
         step, self._pending = self._pending, None
         if not (self.directory / str(step)).is_dir():
-            raise self._save_failed(step, None)
+            raise self._save_failed(step, self._errors.first())
+        self._errors.clear()
 
     def _save_failed(self, step: int, error: BaseException | None) -> CheckpointError:
         """Why the save of `step` failed (the write error, else what the directory says now)."""
-        cause = _first_os_error(error) or _write_probe(self.directory)
-        why = f"{cause.strerror or cause}" if isinstance(cause, OSError) else (
-            f"{type(error).__name__}: {str(error).splitlines()[0][:200]}" if error else "reason not reported; see the log")
+        why = _reason(error) if error is not None else None
+        if why is None:
+            probe = _write_probe(self.directory)
+            why = probe.strerror if probe is not None else "reason not reported; see the log"
         good = [s for s in self.steps() if s != step and (self.directory / str(s)).is_dir()]
         kept = f"the earlier checkpoints ({', '.join(map(str, good))}) are intact" if good else "no earlier checkpoint exists"
         return CheckpointError(f"saving checkpoint step {step} to {self.directory} failed ({why}); {kept}: free disk "
@@ -121,7 +136,7 @@ class RunCheckpointer:
         """Wait for the background save and confirm it."""
         try:
             self.manager.wait_until_finished()
-        except Exception as e:  # noqa: BLE001 - orbax re-raises the background write error here
+        except Exception as e:
             step, self._pending = self._pending, None
             raise self._save_failed(step if step is not None else -1, e) from e
         self.check()
@@ -149,6 +164,17 @@ class RunCheckpointer:
                 opt_state = relayout(opt_state, wanted, _shardings(abstract_opt), n)
         return params, opt_state, out["meta"]
 
+    def restore_ema(self, step: int, abstract_params: Any) -> Any | None:
+        """The weight EMA saved with `step` (shaped and placed like params), or None when that
+        step holds none (EMA off when it was saved)."""
+        if not (self.directory / str(step) / "ema").is_dir():
+            return None
+        saved = bool(saved_model_config(self.read_meta(step))["scan_layers"])
+        wanted, n = find_layout(abstract_params), num_stacked(stack_layers(abstract_params))
+        target = _abstract(to_layout(abstract_params, saved, n))
+        ema = self.manager.restore(step, args=ocp.args.Composite(ema=ocp.args.StandardRestore(target)))["ema"]
+        return relayout(ema, wanted, _shardings(abstract_params), n) if saved != wanted else ema
+
     def restore_latest_good(self, abstract_params: Any, abstract_opt: Any) -> tuple[Any, Any, dict] | None:
         """The newest step that restores. A step whose own files are damaged is reported and
         moved to `corrupt-checkpoints/` beside `checkpoints/` (kept for inspection, out of orbax's
@@ -159,7 +185,7 @@ class RunCheckpointer:
             for step in reversed(self.steps()):
                 try:
                     return self.restore(step, abstract_params, abstract_opt)
-                except Exception as e:  # noqa: BLE001 - judged below from the step's own files
+                except Exception as e:
                     damage = find_damage(self.directory / str(step), step, FORMAT)
                     if damage is None:
                         raise CheckpointError(
@@ -198,11 +224,41 @@ class RunCheckpointer:
             log.warning("checkpoint save failed: %s", _brief(e))
         finally:
             self.manager.close()
+            logging.getLogger("absl").removeHandler(self._errors)
 
 
 def _brief(e: BaseException) -> str:
     line = (str(e).strip().splitlines() or [""])[0]
     return f"{type(e).__name__}: {line[:200]}"
+
+
+class _ErrorCapture(logging.Handler):
+    """The exceptions orbax logs (with their tracebacks) from its background save threads."""
+
+    def __init__(self):
+        super().__init__(level=logging.ERROR)
+        self.errors: list[BaseException] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and record.exc_info[1] is not None:
+            self.errors.append(record.exc_info[1])
+
+    def first(self) -> BaseException | None:
+        return self.errors[0] if self.errors else None
+
+    def clear(self) -> None:
+        self.errors.clear()
+
+
+def _reason(error: BaseException) -> str:
+    """The filesystem's reason for a failed write (ENOSPC, EROFS, ...), however it was wrapped."""
+    os_error = _first_os_error(error)
+    if os_error is not None and os_error.strerror:
+        return os_error.strerror
+    found = re.search(r"os_error_code='?(\d+)|\[Errno (\d+)\]", str(error))
+    if found:
+        return os.strerror(int(found.group(1) or found.group(2)))
+    return _brief(error)
 
 
 def _first_os_error(e: BaseException | None) -> OSError | None:
@@ -219,7 +275,7 @@ def _write_probe(directory: Path) -> OSError | None:
     probe = directory / f".write-probe-{os.getpid()}"
     try:
         with open(probe, "wb") as f:
-            f.write(b"\0" * 65536)
+            f.write(b"\0" * 4096)
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:

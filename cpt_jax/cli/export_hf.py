@@ -21,12 +21,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", default=None,
                         help="tokenizer file to ship (default: the run's, else the imported model's)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty out_dir")
+    parser.add_argument("--ema", action="store_true", help="export the run's weight EMA (optimizer.ema_decay)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from safetensors import SafetensorError
+
+    from cpt_jax.errors import UserError
     from cpt_jax.hf import export_hf
 
-    out = export_hf(args.ckpt_dir, args.out_dir, dtype=args.dtype, max_shard_size=args.max_shard_size,
-                    step=args.step, overwrite=args.overwrite, tokenizer_file=args.tokenizer, progress=True)
+    try:
+        out = export_hf(args.ckpt_dir, args.out_dir, dtype=args.dtype, max_shard_size=args.max_shard_size,
+                        step=args.step, overwrite=args.overwrite, tokenizer_file=args.tokenizer, progress=True,
+                        ema=args.ema)
+    except SafetensorError as e:  # a write that the filesystem refused (disk full); nothing is left behind
+        raise UserError(f"writing {args.out_dir} failed ({e}); free disk space or choose another folder") from e
     print(f"exported {args.ckpt_dir} -> {out} (load with transformers.AutoModelForCausalLM.from_pretrained)")
     return 0

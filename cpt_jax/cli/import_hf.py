@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         flags = [f"--mesh.{axis}"] + (["--fsdp"] if axis == "fsdp" else [])
         parser.add_argument(*flags, dest=f"mesh_{axis}", type=int, default=None, metavar="N",
                             help=f"place the parameters on a mesh with {axis}=N while importing "
-                                 "(default: no mesh, host memory; -1 takes the remaining devices)")
+                                 "(default: all on the first device; -1 takes the remaining devices)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty out_dir")
     add_cpu_devices_argument(parser)
 

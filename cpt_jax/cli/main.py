@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
 
 from cpt_jax.errors import UserError
+
+FILESYSTEM_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 # name -> module; each module has add_arguments(parser) and run(args) -> int, and its docstring's
 # first line is the help text. Modules are imported lazily so `--help` stays fast.
@@ -65,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.run(args) or 0)
     except UserError as e:  # the library's one error hierarchy: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the filesystem refused a write: a user's problem, not a bug
+        if e.errno not in FILESYSTEM_ERRORS:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: {e.strerror}{where}; free disk space or choose a writable folder, then rerun", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -12,7 +12,7 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", help="MergeKit YAML recipe (see configs/chat_vector.yaml)")
+    parser.add_argument("recipe", help="MergeKit YAML recipe (see configs/merge/chat_vector.yaml)")
     parser.add_argument("--out", required=True, help="new folder for the merged model")
     parser.add_argument("--format", choices=["hf", "cpt_jax"], default="hf",
                         help="hf: a Hugging Face folder; cpt_jax: a model checkpoint (init: ckpt:OUT)")

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+from pathlib import Path
 
 from cpt_jax.errors import UserError
-from cpt_jax.errors import DataError
 from cpt_jax.data.readers import ReadOptions
 
 
@@ -45,6 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def as_flags(message: str) -> str:
+    """The library names its options (`eval_docs`); on the command line they are flags (--eval-docs)."""
+    return re.sub(r"`([a-z_]+)`", lambda m: "--" + m.group(1).replace("_", "-"), message)
+
+
 def run(args: argparse.Namespace) -> int:
     from cpt_jax.data.prepare import PrepareOptions, prepare
 
@@ -54,10 +60,19 @@ def run(args: argparse.Namespace) -> int:
         read=ReadOptions(field=args.field, column=args.column, txt_split=args.txt_split),
         eval_docs=args.eval_docs, eval_fraction=args.eval_fraction, eval_inputs=tuple(args.eval_inputs),
         workers=args.workers, shard_docs=args.shard_docs, overwrite=args.overwrite, progress=not args.quiet)
+    out = Path(args.out)
+    created = not out.exists()
     try:
         manifest = prepare(opts)
-    except DataError as e:
-        raise UserError(str(e)) from e
+    except UserError as e:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # refused before writing anything: leave no empty folder behind
+        raise UserError(as_flags(str(e))) from e
+    except RuntimeError as e:  # the shard writer reports a refused write only as text
+        if not any(why in str(e) for why in ("No space left on device", "Read-only file system", "Disk quota")):
+            raise
+        raise UserError(f"writing {out} failed ({str(e).splitlines()[0][:200]}); free disk space and rerun "
+                        "the same command (finished shards are kept)") from e
     splits = manifest["splits"]
     summary = {"out": args.out, "train_documents": splits["train"]["documents"],
                "train_tokens": splits["train"]["tokens"], "eval_documents": splits["eval"]["documents"],

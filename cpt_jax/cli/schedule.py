@@ -39,12 +39,15 @@ def run(args: argparse.Namespace) -> int:
     phases = [(p.name, p.schedule, n) for p, n in zip(cfg.phases, cfg.phase_steps())]
     plan_phases(phases)  # budget-dependent checks first: a bad plan fails before anything is drawn
     total = sum(n for _, _, n in phases)
-    print(f"{len(phases)} phase(s), {total:,} steps, {total * cfg.tokens_per_step:,} tokens "
-          f"({cfg.tokens_per_step:,} per step)")
-    print(format_table(key_points(phases, cfg.tokens_per_step)))
+    per_step = cfg.phase_tokens_per_step()  # each phase's batch x row length
+    tokens = sum(n * t for (_, _, n), t in zip(phases, per_step))
+    each = f"{per_step[0]:,} per step" if len(set(per_step)) == 1 else \
+        "per step: " + ", ".join(f"{p.name} {t:,}" for p, t in zip(cfg.phases, per_step))
+    print(f"{len(phases)} phase(s), {total:,} steps, {tokens:,} tokens ({each})")
+    print(format_table(key_points(phases, per_step)))
     from cpt_jax.data.forecast import forecast, format_forecast
 
-    print("\ndata per phase (epochs: times each source is read, over the run so far)")
+    print("data per phase (epochs: times each source is read, over the run so far)")
     print(format_forecast(forecast(cfg.data, [(p.name, p.mixture, n) for p, n in zip(cfg.phases, cfg.phase_steps())])))
     if args.plot:
         from cpt_jax.errors import UserError

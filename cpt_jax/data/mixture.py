@@ -177,6 +177,7 @@ def _extra_schedule(extra: tuple[int, ...], period: int) -> np.ndarray:
     table = np.zeros((period + 1, K), np.int64)
     chairs, rem = divmod(sum(extra), period)
     assert rem == 0, "extras must sum to whole rows per batch"
+    groups = [_group_deadlines(e, period) if 2 * e >= period else None for e in extra]
     given = [0] * K
     for t in range(period):
         ready = []
@@ -185,8 +186,7 @@ def _extra_schedule(extra: tuple[int, ...], period: int) -> np.ndarray:
             if e and j <= e and (j - 1) * period // e <= t:
                 deadline = -(-j * period // e)
                 b = int(j * period % e != 0)
-                group = _group_deadline(e, period, j) if 2 * e >= period else 0
-                ready.append((deadline, -b, -group, k))
+                ready.append((deadline, -b, -(groups[k][j] if groups[k] else 0), k))
         ready.sort()
         if len(ready) < chairs or any(d <= t + 1 for d, *_ in ready[chairs:]):
             raise AssertionError(f"PD2 schedule infeasible at step {t} for extras {extra}/{period}")
@@ -196,16 +196,18 @@ def _extra_schedule(extra: tuple[int, ...], period: int) -> np.ndarray:
     return table
 
 
-def _group_deadline(e: int, period: int, j: int) -> int:
-    """PD2 group deadline of subtask j of a heavy task (weight e / period >= 1/2): the earliest
-    t >= d(j) with t = d(i) and b(i) = 0, or t + 1 = d(i) and a window of length 3, for some i >= j."""
-    d_j = -(-j * period // e)
-    i = j
-    while True:
+def _group_deadlines(e: int, period: int) -> list[int]:
+    """PD2 group deadlines of subtasks 1..e (index 0 unused) of a heavy task (e / period >= 1/2):
+    for subtask i, the earliest t >= d(i) with t = d(k) and b(k) = 0, or t + 1 = d(k) and a window
+    of length 3, for some k >= i. One backward pass over the subtasks."""
+    out = [0] * (e + 1)
+    later = math.inf  # earliest such time among subtasks k > i (all of them are >= d(i))
+    for i in range(e, 0, -1):
         d = -(-i * period // e)
-        release = (i - 1) * period // e
-        if i * period % e == 0 and d >= d_j:
-            return d
-        if d - release == 3 and d - 1 >= d_j:
-            return d - 1
-        i += 1
+        whole = i * period % e == 0
+        out[i] = int(min(d if whole else math.inf, later))
+        if whole:
+            later = min(later, d)
+        if d - (i - 1) * period // e == 3:
+            later = min(later, d - 1)
+    return out

@@ -277,9 +277,6 @@ class DataPipeline:
                                 "(all documents held out or skipped?) or drop it from the mixture")
         return plan
 
-    def describe(self) -> dict:
-        return {n: s.info for n, s in self.sources.items()}
-
     def eval_sources(self) -> list[str]:
         """Sources with held-out documents."""
         self._require_open()
@@ -340,10 +337,12 @@ class DataPipeline:
 
     def resume(self, state: Mapping, process_index: int = 0, process_count: int = 1, *,
                mixture: Mapping[str, float] | None = None, row_range: tuple[int, int] | None = None,
-               num_steps: int | None = None) -> TrainIterator:
+               num_steps: int | None = None, skip: int = 0) -> TrainIterator:
         """Continue from `TrainIterator.state()`. With the same config the batches are those the
         first run would have produced; with a new mixture or batch size every source continues
-        where it stopped; with a new seq_len, at the end of the block it was reading."""
+        where it stopped; with a new seq_len, at the end of the block it was reading.
+        skip: start `skip` batches later (where a phase that began at `state` stands after that
+        many steps; arithmetic, nothing is read)."""
         if state.get("version") not in (1, STATE_VERSION):
             raise DataError(f"data iterator state has version {state.get('version')}, expected {STATE_VERSION}")
         if state["seed"] != self.cfg.seed:
@@ -355,13 +354,15 @@ class DataPipeline:
         for n, tokens in state["tokens"].items():
             o = int(state.get("origin", {}).get(n, 0))
             r = (int(tokens) - o) // old_seq
-            if old_seq != seq:  # another row size: start a fresh block grid after the block being read
+            if old_seq != seq:  # another row size: a fresh block grid after the block being read
                 width = block_rows(self._streams[n].epoch_tokens, old_seq) if n in self._streams else 1
                 o, r = o + -(-r // width) * width * old_seq, 0
-                o, r = _start(o, seq)
             origin[n], rows[n] = o, r
         cursor = _Cursor(self._streams, self.plan(mixture), seq, int(state["step"]), origin, rows,
                          self._source_index())
+        if skip:
+            at = cursor.base_step + skip
+            cursor = _Cursor(self._streams, cursor.plan, seq, at, origin, cursor.rows_before(at), self._source_index())
         lo, hi = self._row_range(process_index, process_count, row_range)
         return TrainIterator(cursor, self.cfg, int(state["phase"]), lo, hi, num_steps, mixture)
 

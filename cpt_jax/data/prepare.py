@@ -56,20 +56,20 @@ class PrepareOptions:
 
     def check(self) -> None:
         if bool(self.tokenizer) == (self.train_tokenizer > 0):
-            raise DataError("give exactly one of --tokenizer PATH or --train-tokenizer VOCAB_SIZE")
+            raise DataError("give exactly one of `tokenizer` PATH or `train_tokenizer` VOCAB_SIZE")
         if self.train_tokenizer and self.train_tokenizer < 16:
-            raise DataError(f"--train-tokenizer {self.train_tokenizer} is too small; use at least 16")
+            raise DataError(f"`train_tokenizer` {self.train_tokenizer} is too small; use at least 16")
         if self.eval_docs is not None and self.eval_docs < 0:
-            raise DataError(f"--eval-docs must be >= 0, got {self.eval_docs}")
+            raise DataError(f"`eval_docs` must be >= 0, got {self.eval_docs}")
         if self.eval_inputs and (self.eval_docs or self.eval_fraction):
-            raise DataError("--eval-inputs cannot be combined with --eval-docs/--eval-fraction: the eval files are "
+            raise DataError("`eval_inputs` cannot be combined with `eval_docs`/`eval_fraction`: the eval files are "
                             "the whole held-out split; drop one of them")
         if not 0.0 <= self.eval_fraction < 1.0:
-            raise DataError(f"--eval-fraction must be in [0, 1), got {self.eval_fraction}")
+            raise DataError(f"`eval_fraction` must be in [0, 1), got {self.eval_fraction}")
         if self.workers < 1:
-            raise DataError(f"--workers must be >= 1, got {self.workers}")
+            raise DataError(f"`workers` must be >= 1, got {self.workers}")
         if self.shard_docs < 1:
-            raise DataError(f"--shard-docs must be >= 1, got {self.shard_docs}")
+            raise DataError(f"`shard_docs` must be >= 1, got {self.shard_docs}")
 
     @property
     def hash_eval_docs(self) -> int:
@@ -169,10 +169,10 @@ def _discover_eval(train_files: list[tuple[Path, str]], eval_inputs: tuple[str, 
     try:
         eval_files = discover(list(eval_inputs))
     except DataError as e:
-        raise DataError(f"--eval-inputs: {e}") from e
+        raise DataError(f"`eval_inputs`: {e}") from e
     both = sorted({p for p, _ in train_files} & {p for p, _ in eval_files})
     if both:
-        raise DataError(f"{both[0]} is both a training input and an --eval-inputs file ({len(both)} such files); "
+        raise DataError(f"{both[0]} is both a training input and an `eval_inputs` file ({len(both)} such files); "
                         "list each file on one side only (move held-out files out of the training folders)")
     return eval_files
 
@@ -192,11 +192,11 @@ def _eval_cutoff(scans: list[FileScan], eval_scans: list[FileScan], opts: Prepar
     if hashes.size == 0:
         records = sum(s.records for s in scans)
         raise DataError(f"no documents: all {records} records of {len(scans)} input files were empty, invalid "
-                        "or lacked the text field/column; check the inputs and --field/--column")
+                        "or lacked the text field/column; check the inputs and `field`/`column`")
     if eval_scans and not any(s.hashes.size for s in eval_scans):
         records = sum(s.records for s in eval_scans)
-        raise DataError(f"no eval documents: all {records} records of {len(eval_scans)} --eval-inputs files were "
-                        "empty, invalid or lacked the text field/column; check them and --field/--column")
+        raise DataError(f"no eval documents: all {records} records of {len(eval_scans)} `eval_inputs` files were "
+                        "empty, invalid or lacked the text field/column; check them and `field`/`column`")
     eval_docs = opts.hash_eval_docs
     if opts.eval_fraction > 0:
         cutoff = min(int(opts.eval_fraction * 2.0**64), 2**64 - 1)
@@ -205,11 +205,11 @@ def _eval_cutoff(scans: list[FileScan], eval_scans: list[FileScan], opts: Prepar
     else:
         unique = np.unique(hashes)
         if eval_docs >= unique.size:
-            raise DataError(f"--eval-docs {eval_docs} would hold out all {unique.size} distinct documents; "
-                            "lower it (or use --eval-fraction)")
+            raise DataError(f"`eval_docs` {eval_docs} would hold out all {unique.size} distinct documents; "
+                            "lower it (or use `eval_fraction`)")
         cutoff = int(unique[eval_docs - 1]) + 1
     if not np.any(hashes >= np.uint64(cutoff)):
-        raise DataError("the held-out split takes every document; lower --eval-docs/--eval-fraction")
+        raise DataError("the held-out split takes every document; lower `eval_docs`/`eval_fraction`")
     return cutoff
 
 
@@ -222,7 +222,7 @@ def _refuse_foreign(out: Path, config_hash: str) -> None:
             return
         if old.get("config_hash") != config_hash:
             raise DataError(f"{out} already holds data prepared from other inputs or options; pass "
-                            "--overwrite to replace it, or choose another --out")
+                            "`overwrite` to replace it, or choose another `out`")
 
 
 def _clean(out: Path, include_tokenizer: bool) -> None:

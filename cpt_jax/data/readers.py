@@ -137,11 +137,11 @@ def _parquet_file(path: Path, column: str):
     names = pf.schema_arrow.names
     if column not in names:
         raise DataError(f"{path} has no column '{column}'; its columns are {', '.join(names)}: "
-                        "pass --column NAME")
+                        "pass `column` NAME")
     kind = pf.schema_arrow.field(column).type
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind)
             or pa.types.is_large_binary(kind)):
-        raise DataError(f"{path}: column '{column}' has type {kind}, not text; pass --column NAME")
+        raise DataError(f"{path}: column '{column}' has type {kind}, not text; pass `column` NAME")
     return pf
 
 
@@ -193,7 +193,7 @@ def scan_file(path: Path, fmt: str, opts: ReadOptions, chunk_records: int) -> Fi
     scan.hashes = np.asarray(hashes, dtype=np.uint64)
     missing = f"missing field '{opts.field}'" if fmt == "jsonl" else None
     if fmt == "jsonl" and scan.records and reasons.get(missing, 0) == scan.records:
-        raise DataError(f"{path}: no record has the field '{opts.field}'{_keys_hint(path)}; pass --field NAME")
+        raise DataError(f"{path}: no record has the field '{opts.field}'{_keys_hint(path)}; pass `field` NAME")
     return scan
 
 

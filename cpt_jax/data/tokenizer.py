@@ -23,7 +23,7 @@ from cpt_jax.errors import DataError
 from cpt_jax.data.hashing import sha256_file
 
 # End-of-text tokens of common model families, tried in order when tokenizer.json does not
-# name its EOS (a tokenizer_config.json next to it, or --eos-token, takes precedence).
+# name its EOS (a tokenizer_config.json next to it, or `eos_token`, takes precedence).
 _TRAIN_THREADS = 4
 _KNOWN_EOS = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|im_end|>")
 
@@ -137,7 +137,7 @@ class HFTokenizer(Tokenizer):
             if token_id is not None:
                 return token_id
         tried = name or ", ".join(fallbacks)
-        raise DataError(f"cannot find the {what} token ({tried}) in {self.path}; pass --eos-token with "
+        raise DataError(f"cannot find the {what} token ({tried}) in {self.path}; pass `eos_token` with "
                         "the tokenizer's end-of-text token")
 
     def _encode(self, texts):
@@ -205,7 +205,7 @@ def train_sentencepiece(lines: Iterable[str], out_path: Path, vocab_size: int) -
             num_threads=_TRAIN_THREADS, minloglevel=2)
     except RuntimeError as e:
         raise DataError(f"training a sentencepiece tokenizer with vocab {vocab_size} failed: {e}. "
-                        "Lower --train-tokenizer (it must not exceed what the text supports)") from e
+                        "Lower `train_tokenizer` (it must not exceed what the text supports)") from e
     tmp = out_path.with_name(out_path.name + ".tmp")
     tmp.write_bytes(model.getvalue())
     os.replace(tmp, out_path)

@@ -26,6 +26,9 @@ class DemoConfig:
     warmup_steps: int = 20  # warmup (and re-warm) length
     eval_every: int = 50  # held-out eval cadence, both domains
     eval_batches: int = 4  # held-out batches per domain
+    dense_first: int = 40  # evaluate densely over the first N steps of each phase (the stability gap) ...
+    dense_every: int = 5  # ... every M steps
+    task_items: int = 48  # cloze multiple-choice items per domain, made from held-out text (0: no tasks)
     sample_tokens: int = 48  # length of the text sample from the final model
     seed: int = 0  # init, data order and sampling
 
@@ -44,5 +47,5 @@ PRESETS = {
     # The test's: the same story on fewer files and steps.
     "test": {"max_files": 400, "vocab_size": 1024, "hidden_size": 64, "intermediate_size": 192,
              "num_layers": 2, "seq_len": 64, "pretrain_steps": 120, "cpt_steps": 100, "eval_every": 40,
-             "eval_batches": 2, "sample_tokens": 16},
+             "eval_batches": 2, "sample_tokens": 16, "dense_first": 20, "dense_every": 10, "task_items": 12},
 }

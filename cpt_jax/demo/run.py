@@ -18,6 +18,7 @@ import yaml
 from cpt_jax.config.base import from_dict, to_dict
 from cpt_jax.demo.config import DemoConfig
 from cpt_jax.demo.corpus import build_corpus
+from cpt_jax.demo.tasks import write_cloze_tasks
 from cpt_jax.errors import UserError
 from cpt_jax.train.config import RunConfig
 
@@ -40,7 +41,10 @@ def _plan(cfg: DemoConfig, out: Path, name: str, phases: list[dict]) -> dict:
         "mesh": {"data": 1, "fsdp": -1, "tensor": 1},
         "optimizer": {"weight_decay": 0.1, "grad_clip": 1.0},
         "checkpoint": {"every": max(cfg.pretrain_steps, cfg.cpt_steps), "keep_last": 2},
-        "eval": {"every": cfg.eval_every, "batches": cfg.eval_batches},
+        "eval": {"every": cfg.eval_every, "batches": cfg.eval_batches, "dense_first": cfg.dense_first,
+                 "dense_every": cfg.dense_every,
+                 "tasks": [{"name": f"{d}-cloze", "path": str(out / "tasks" / f"{d}_cloze.jsonl")}
+                           for d in ("prose", "code") if cfg.task_items]},
         "log": {"every": 10, "tensorboard": True},
         "phases": phases,
     }
@@ -74,6 +78,9 @@ def prepare_data(cfg: DemoConfig, out: Path) -> dict:
     corpus_dir = out / "corpus"
     counts = build_corpus(corpus_dir, max_files=cfg.max_files or None)
     _log(f"corpus from the standard library: {counts}")
+    if cfg.task_items:
+        tasks = write_cloze_tasks(corpus_dir, out / "tasks", ("prose", "code"), seed=cfg.seed, limit=cfg.task_items)
+        _log(f"cloze multiple-choice tasks from held-out text: {', '.join(map(str, tasks.values()))}")
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
     tokenizer = data / "tokenizer.model"
@@ -117,13 +124,15 @@ def export_and_sample(cfg: DemoConfig, out: Path, run_dir: Path) -> str:
 
 def write_report(cfg: DemoConfig, out: Path, run_cfgs: dict[str, RunConfig], sample_text: str, timings: dict) -> Path:
     from cpt_jax.demo.figures import plot_story
-    from cpt_jax.report import load_run, phase_table
+    from cpt_jax.report import data_table, load_run, phase_table, plot_run, stability_table
     from cpt_jax.schedules.plot import plot_plan
 
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
     runs = {name: load_run(rc.run_dir, name) for name, rc in run_cfgs.items()}
     plot_story(runs["pretrain"], [runs["replay"], runs["no-replay"]], report / "learning_forgetting.png")
+    for name in ("replay", "no-replay"):  # per-source train loss, held-out loss and task accuracy
+        plot_run(runs[name], report / f"curves-{name}.png")
     # The LR of the replay story as one plan: pretrain, then the re-warmed CPT phase.
     story = copy.deepcopy(to_dict(run_cfgs["pretrain"]))
     story["phases"] += [dict(to_dict(run_cfgs["replay"])["phases"][0], init="previous")]
@@ -139,9 +148,16 @@ def write_report(cfg: DemoConfig, out: Path, run_cfgs: dict[str, RunConfig], sam
             phase_table(list(runs.values())), "",
             "## Forgetting of prose in phase 1 (held-out prose loss, end minus start)", "",
             *(f"- {name}: {v:+.4f}" for name, v in forgetting.items()), "",
+            "## Downstream tasks (cloze multiple choice from held-out text, lm-eval's acc / acc_norm)", "",
+            task_table(list(runs.values())), "",
+            "## Stability gap: the worst held-out loss after each phase start, and when it recovered", "",
+            stability_table(list(runs.values())), "",
+            "## Data: requested and realised shares of rows, epochs of each source seen", "",
+            data_table(list(runs.values())), "",
             "## Files", "",
             "- `learning_forgetting.png`: held-out loss of both domains over all phases",
-            "- `lr.png`: the learning rate of the replay story", "- `../hf_model/`: the final model in Hugging Face format",
+            "- `lr.png`: the learning rate of the replay story",
+            "- `curves-replay.png`, `curves-no-replay.png`: per-source train loss, LR, held-out loss, task accuracy", "- `../hf_model/`: the final model in Hugging Face format",
             "- `../plans/*.yaml`: the plans, rerunnable with `cpt-jax train`", "",
             "## Sample from the final model (replay run)", "", "```", sample_text, "```", "",
             "## Time", "", *(f"- {k}: {v:.1f} s" for k, v in timings.items()), ""]
@@ -149,6 +165,21 @@ def write_report(cfg: DemoConfig, out: Path, run_cfgs: dict[str, RunConfig], sam
     (report / "summary.json").write_text(json.dumps({"forgetting": forgetting, "timings": timings,
                                                      "final": final_losses(runs)}, indent=2))
     return report
+
+
+def task_table(runs) -> str:
+    """Per run and task: acc and acc_norm at the first and last evaluation of each phase."""
+    lines = ["| run | phase | task | acc (start) | acc (end) | acc_norm (start) | acc_norm (end) |",
+             "|---|---|---|---|---|---|---|"]
+    for run in runs:
+        for index, phase in enumerate(run.config.phases):
+            for task in run.task_names:
+                rows = sorted((r["step"], r) for r in run.tasks if r["task"] == task and r["phase"] == index)
+                if rows:
+                    first, last = rows[0][1], rows[-1][1]
+                    lines.append(f"| {run.label} | {phase.name} | {task} | {first['acc']:.3f} | {last['acc']:.3f} | "
+                                 f"{first['acc_norm']:.3f} | {last['acc_norm']:.3f} |")
+    return "\n".join(lines) + "\n"
 
 
 def final_losses(runs) -> dict[str, dict[str, float]]:

@@ -19,7 +19,7 @@ from cpt_jax.errors import ConfigError, UserError
 from cpt_jax.estimate.analytic import state_bytes, step_flops, temporaries
 from cpt_jax.estimate.devices import device_kind
 from cpt_jax.estimate.step import compile_step, without_data
-from cpt_jax.sharding.mesh import MeshConfig, abstract_mesh, make_mesh
+from cpt_jax.sharding.mesh import abstract_mesh, make_mesh
 from cpt_jax.train.config import RunConfig
 from cpt_jax.train.setup import build_setup
 
@@ -111,7 +111,8 @@ def what_ifs(cfg: RunConfig, n: int) -> list[dict[str, Any]]:
     for _, change in changes:
         combined = change(combined)
     out = []
-    for what, change in [*changes, ("all of the above together", lambda c: combined)] if changes else []:
+    together = [("all of the above together", lambda c: combined)] if len(changes) > 1 else []
+    for what, change in [*changes, *together]:
         entry: dict[str, Any] = {"change": what}
         try:
             entry["peak_bytes"] = analytic(change(cfg), n)["peak"]

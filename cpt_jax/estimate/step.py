@@ -29,7 +29,8 @@ def without_data(cfg: RunConfig) -> RunConfig:
 def abstract_inputs(setup: RunSetup) -> tuple[TrainState, dict]:
     """(train state, batch) as ShapeDtypeStructs on the run's shardings."""
     state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32, sharding=setup.shardings.step),
-                       params=setup.abstract_params, opt_state=setup.abstract_opt)
+                       params=setup.abstract_params, opt_state=setup.abstract_opt,
+                       ema=setup.abstract_params if setup.shardings.ema is not None else None)  # weight EMA
     shape = (setup.cfg.data.global_batch_size, setup.cfg.data.seq_len)
     batch = {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=setup.batch_sharding) for k in BATCH_KEYS}
     return state, batch

@@ -23,42 +23,56 @@ def flop(x: float) -> str:
 
 
 def format_estimate(r: dict[str, Any]) -> str:
-    a, c = r["analytic"], r["compiled"]
-    mesh = " x ".join(f"{k}={v}" for k, v in a["mesh"].items())
-    lines = [f"{r['devices']} devices, mesh {mesh}; {r['model_params'] / 1e9:.2f} B parameters, "
-             f"{r['tokens_per_step']:,} tokens per step",
-             f"source: {'compiled (XLA:CPU, fake devices) and analytic' if c else 'analytic only (not compiled)'}",
-             "", f"{'per device':<28}{'compiled':>16}{'analytic':>16}"]
-    cm = c["memory"] if c else {}
-    rows = [("parameters", c and c["params"], a["params"]), ("optimizer state", c and c["opt_state"], a["opt_state"]),
-            ("batch", c and c["batch"], a["batch"]), ("arguments (XLA)", cm.get("arguments"), None),
-            ("temporaries", cm.get("temporaries"), a["temporaries"])]
-    rows += [(f"  {k} (modelled)", None, v) for k, v in a["temporaries_by_kind"].items()]
-    rows += [("peak", c and c["peak"], a["peak"])]
-    lines += [f"{name:<28}{gb(x):>16}{gb(y):>16}" for name, x, y in rows]
-    flops = f"XLA cost analysis {flop(c['flops'])}, " if c else ""
-    lines += ["", f"FLOPs per step per device: {flops}model (6N + attention + LM head) "
-                  f"{flop(a['model_flops'] / r['devices'])}"
-                  + (f", with remat's recompute {flop(a['hardware_flops'] / r['devices'])}"
-                     if a["hardware_flops"] != a["model_flops"] else "")]
-    if c:
-        lines.append("  (XLA's cost analysis counts each loop body once: scanned layers, gradient accumulation and "
-                     "blocked attention loop, so it is a lower bound for such steps)")
-        lines.append(f"lower {c['lower_s']:.1f} s, compile {c['compile_s']:.1f} s")
-        lines.append(f"note: {r['note']}")
-    d = r.get("device")
-    if d:
-        lines += ["", f"{d['kind']}: {d['memory_bytes'] / 1e9:.1f} GB, {d['usable_bytes'] / 1e9:.1f} GB counted as "
-                      f"usable; peak {gb(d['peak_bytes'])} ({d['basis']}): "
-                      f"{'FITS' if d['fits'] else 'DOES NOT FIT'}",
-                  f"step time at MFU {d['mfu']:.2f} ({d['peak_bf16_flops'] / 1e12:.0f} TFLOP/s bf16 peak): "
-                  f"{d['step_s']:.3g} s, {d['tokens_per_s_per_device']:,.0f} tokens/s per device"]
-        if not d["fits"]:
-            lines.append(f"biggest item: {d['biggest']} ({gb(d['items'][d['biggest']])}); what would change it:")
-            for ch in d["changes"]:
-                effect = (f"peak {gb(ch['peak_bytes'])} (analytic)" if "peak_bytes" in ch
-                          else f"not possible here: {ch['invalid']}" if "invalid" in ch else "")
-                lines.append(f"  - {ch['change']}" + (f": {effect}" if effect else ""))
-            lines.append(f"  (parameters and optimizer state alone need at least {d['min_devices_for_state']} "
-                         "such devices with full sharding)")
-    return "\n".join(lines)
+    return "\n".join([*_summary(r), "", *_table(r), "", *_flops(r), *_device(r.get("device"))])
+
+
+def _summary(r: dict) -> list[str]:
+    mesh = " x ".join(f"{k}={v}" for k, v in r["analytic"]["mesh"].items())
+    source = "compiled (XLA:CPU, fake devices) and analytic" if r["compiled"] else "analytic only (not compiled)"
+    return [(f"{r['devices']} devices, mesh {mesh}; {r['model_params'] / 1e9:.2f} B parameters, "
+             f"{r['tokens_per_step']:,} tokens per step"), f"source: {source}"]
+
+
+def _table(r: dict) -> list[str]:
+    a, c = r["analytic"], r["compiled"] or {}
+    cm = c.get("memory", {})
+    rows = [("parameters", c.get("params"), a["params"]), ("optimizer state", c.get("opt_state"), a["opt_state"]),
+            ("batch", c.get("batch"), a["batch"]), ("arguments (XLA)", cm.get("arguments"), None),
+            ("temporaries", cm.get("temporaries"), a["temporaries"]),
+            *[(f"  {k} (modelled)", None, v) for k, v in a["temporaries_by_kind"].items()],
+            ("peak", c.get("peak"), a["peak"])]
+    return [f"{'per device':<28}{'compiled':>16}{'analytic':>16}",
+            *[f"{name:<28}{gb(x):>16}{gb(y):>16}" for name, x, y in rows]]
+
+
+def _flops(r: dict) -> list[str]:
+    a, c, n = r["analytic"], r["compiled"], r["devices"]
+    line = "FLOPs per step per device: " + (f"XLA cost analysis {flop(c['flops'])}, " if c else "")
+    line += f"model (6N + attention + LM head) {flop(a['model_flops'] / n)}"
+    if a["hardware_flops"] != a["model_flops"]:
+        line += f", with remat's recompute {flop(a['hardware_flops'] / n)}"
+    if not c:
+        return [line]
+    return [line, ("  (XLA's cost analysis counts each loop body once: scanned layers, gradient accumulation "
+                   "and the blocked attention loop, so it is a lower bound for such steps)"),
+            f"lower {c['lower_s']:.1f} s, compile {c['compile_s']:.1f} s", f"note: {r['note']}"]
+
+
+def _device(d: dict | None) -> list[str]:
+    if not d:
+        return []
+    verdict = "FITS" if d["fits"] else "DOES NOT FIT"
+    lines = ["", (f"{d['kind']}: {d['memory_bytes'] / 1e9:.1f} GB, {d['usable_bytes'] / 1e9:.1f} GB counted as "
+                  f"usable; peak {gb(d['peak_bytes'])} ({d['basis']}): {verdict}"),
+             (f"step time at MFU {d['mfu']:.2f} ({d['peak_bf16_flops'] / 1e12:.0f} TFLOP/s bf16 peak): "
+              f"{d['step_s']:.3g} s, {d['tokens_per_s_per_device']:,.0f} tokens/s per device")]
+    if d["fits"]:
+        return lines
+    lines.append(f"biggest item: {d['biggest']} ({gb(d['items'][d['biggest']])}); what would change it:")
+    for ch in d["changes"]:
+        effect = (f": peak {gb(ch['peak_bytes'])} (analytic)" if "peak_bytes" in ch
+                  else f": not possible here: {ch['invalid']}" if "invalid" in ch else "")
+        lines.append(f"  - {ch['change']}{effect}")
+    lines.append(f"  (parameters and optimizer state alone need at least {d['min_devices_for_state']} "
+                 "such devices with full sharding)")
+    return lines

@@ -1,33 +1,20 @@
 """Held-out loss per source and downstream-task scores of one model, through the training code's
-own setup and batch path (the eval step, batch placement, the task evaluator), so a run's in-loop
-numbers and a later evaluation of its checkpoint agree."""
+own setup and batch path (`build_setup`: pipeline, eval step, batch placement; the task
+evaluator), so a run's in-loop numbers and a later evaluation of its checkpoint agree."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
-from cpt_jax.data import DataPipeline
 from cpt_jax.errors import UserError
-from cpt_jax.eval.target import LoadedModel, load_checkpoint, load_hf, resolve_plan
-from cpt_jax.sharding.placement import batch_sharding, place_batch
+from cpt_jax.eval.target import LoadedModel, checkpoint_phase, load_checkpoint, load_hf, resolve_plan
+from cpt_jax.sharding import MeshConfig, make_mesh
 from cpt_jax.tasks import TaskConfig
 from cpt_jax.train.config import RunConfig
-from cpt_jax.train.heldout import heldout_losses
-from cpt_jax.train.step import make_eval_step
+from cpt_jax.train.setup import build_setup
 from cpt_jax.train.task_eval import TaskEvaluator
 
 DEFAULT_TASK_BATCH = 8  # rows per task batch without a plan (rounded up to the data-parallel devices)
-
-
-def heldout(loaded: LoadedModel, cfg: RunConfig, batches: int | None = None) -> dict[str, dict[str, float]]:
-    """{source: {loss, ppl, tokens}} exactly as the training loop computes it."""
-    pipe = DataPipeline(cfg.data, vocab_size=cfg.model.vocab_size)
-    pipe.check(vocab_size=cfg.model.vocab_size, tokenizer=cfg.tokenizer or None)
-    bs = cfg.eval.batch_size or cfg.data.global_batch_size
-    sharding = batch_sharding(loaded.mesh)
-    step = make_eval_step(loaded.graphdef, loaded.shardings, loaded.mesh)
-    return heldout_losses(step, loaded.params, pipe, batches or cfg.eval.batches, bs,
-                          lambda b: place_batch(b, sharding))
 
 
 def task_shape(loaded: LoadedModel, cfg: RunConfig | None) -> tuple[int, int]:
@@ -54,13 +41,16 @@ def evaluate(target: str | None = None, *, model_dir: str | None = None, plan: s
     if cfg is None and not all_tasks:
         raise UserError(f"nothing to evaluate for {model_dir or target}: held-out sources come from a plan (or a run "
                         "directory's config.yaml), so give one, or give downstream tasks")
+    phase = checkpoint_phase(ref if ref is not None else target, cfg) if cfg is not None and model_dir is None else 0
+    setup = build_setup(cfg, phase=phase) if cfg is not None else None
+    mesh = setup.mesh if setup is not None else make_mesh(MeshConfig())
     if model_dir is not None:
-        loaded = load_hf(model_dir, cfg)
+        loaded = load_hf(model_dir, cfg, mesh)
     else:
-        loaded = load_checkpoint(ref if ref is not None else target, cfg)
+        loaded = load_checkpoint(ref if ref is not None else target, cfg, mesh)
     out: dict = {"target": loaded.description, "step": loaded.step, "heldout": {}, "tasks": {}}
-    if cfg is not None:
-        out["heldout"] = heldout(loaded, cfg, batches)
+    if setup is not None:
+        out["heldout"] = setup.heldout(loaded.params, batches)
     if all_tasks:
         batch_size, seq_len = task_shape(loaded, cfg)
         evaluator = TaskEvaluator.build(all_tasks, tokenizer or loaded.tokenizer, graphdef=loaded.graphdef,

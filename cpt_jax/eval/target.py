@@ -1,5 +1,5 @@
 """What `evaluate` scores: a run directory, a checkpoint DIR[@STEP], a plan's run, or an HF folder,
-loaded onto a mesh the way training places parameters."""
+loaded onto a mesh with the shardings training gives parameters."""
 
 from __future__ import annotations
 
@@ -10,13 +10,12 @@ from typing import Any
 import yaml
 from jax.sharding import Mesh
 
-from cpt_jax.checkpoint.model_checkpoint import load_model_checkpoint, parse_ckpt_ref, read_model_config
+from cpt_jax.checkpoint.model_checkpoint import load_model_checkpoint, parse_ckpt_ref, read_meta, read_model_config
 from cpt_jax.config.base import apply_overrides, from_dict
 from cpt_jax.errors import UserError
 from cpt_jax.hf import hf_config_to_model_config, load_hf_params, read_hf_config
 from cpt_jax.model.config import ModelConfig
 from cpt_jax.model.params import abstract_model, check_compatible, param_shardings
-from cpt_jax.sharding import MeshConfig, make_mesh
 from cpt_jax.train.config import RunConfig, load_run_config
 
 
@@ -59,6 +58,19 @@ def resolve_plan(target: str | None, plan: str | None, overrides: list[str]) -> 
     return run_dir_config(path, overrides), target
 
 
+def checkpoint_phase(ref: str | None, cfg: RunConfig) -> int:
+    """The plan phase a run checkpoint was saved in: it is evaluated with that phase's row length
+    and RoPE settings (a long-context phase's checkpoint at its own context). 0 when unknown."""
+    if ref is None:
+        return 0
+    path, step = parse_ckpt_ref(ref)
+    try:
+        meta = read_meta(path, step)
+    except UserError:
+        return 0
+    return min(int(meta.get("phase", 0)), len(cfg.phases) - 1)
+
+
 def _checkpoint_tokenizer(path: str) -> str:
     folder = Path(path) / "tokenizer"
     for name in ("tokenizer.json", "tokenizer.model"):
@@ -67,7 +79,7 @@ def _checkpoint_tokenizer(path: str) -> str:
     return ""
 
 
-def load_checkpoint(ref: str, cfg: RunConfig | None) -> LoadedModel:
+def load_checkpoint(ref: str, cfg: RunConfig | None, mesh: Mesh) -> LoadedModel:
     path, step = parse_ckpt_ref(ref)
     if not Path(path).exists():
         raise UserError(f"checkpoint {path} does not exist; train first, or name a run directory or a model "
@@ -75,7 +87,6 @@ def load_checkpoint(ref: str, cfg: RunConfig | None) -> LoadedModel:
     saved = read_model_config(path, step)
     if cfg is not None:
         check_compatible(saved, cfg.model, path)
-    mesh = make_mesh(cfg.mesh if cfg is not None else MeshConfig())
     model = cfg.model if cfg is not None else saved
     shardings = param_shardings(model, mesh)
     params, loaded, meta = load_model_checkpoint(path, shardings=shardings, step=step)
@@ -85,9 +96,8 @@ def load_checkpoint(ref: str, cfg: RunConfig | None) -> LoadedModel:
                        param_shardings(loaded, mesh), mesh, tokenizer)
 
 
-def load_hf(hf_dir: str, cfg: RunConfig | None, dtype: str = "float32") -> LoadedModel:
+def load_hf(hf_dir: str, cfg: RunConfig | None, mesh: Mesh, dtype: str = "float32") -> LoadedModel:
     """An HF folder imported in memory (nothing written)."""
-    mesh = make_mesh(cfg.mesh if cfg is not None else MeshConfig())
     model = cfg.model if cfg is not None else hf_config_to_model_config(read_hf_config(hf_dir), dtype=dtype)
     shardings = param_shardings(model, mesh)
     model, params, _ = load_hf_params(hf_dir, cfg.model if cfg is not None else None, shardings, dtype=dtype)

@@ -6,7 +6,7 @@ from typing import Any
 
 from cpt_jax.errors import UserError
 from cpt_jax.config.base import ConfigError, from_dict, to_dict
-from cpt_jax.model.config import ModelConfig, RopeScalingConfig
+from cpt_jax.model.config import ROPE_SCALING_KEYS, ModelConfig, RopeScalingConfig
 
 # architectures[0] -> (family, model_type)
 ARCHITECTURES = {
@@ -58,16 +58,26 @@ def _rope(hf: dict) -> tuple[float, RopeScalingConfig | None]:
     rope_type = spec.get("rope_type", spec.get("type", "default"))
     if rope_type in ("default", None):
         return theta, None
+    if rope_type in ("linear", "yarn"):
+        needed = ("factor",) if rope_type == "linear" else ("factor", "original_max_position_embeddings")
+        missing = [k for k in needed if spec.get(k) is None]
+        if missing:
+            _refuse(f"{key}.{missing[0]}", f"{rope_type} rope scaling needs it and it is missing")
+        keys = [k for k in ROPE_SCALING_KEYS[rope_type] if spec.get(k) is not None]
+        return theta, _scaling({"rope_type": rope_type, **{k: spec[k] for k in keys}}, key)
     if rope_type != "llama3":
-        _refuse(key, f"rope type {rope_type!r} is not supported (only 'default' and 'llama3')")
+        _refuse(key, f"rope type {rope_type!r} is not supported (only 'default', 'linear', 'yarn' and 'llama3')")
     missing = [k for k in LLAMA3_KEYS if k not in spec]
     if missing:
         _refuse(f"{key}.{missing[0]}", "llama3 rope scaling needs it and it is missing")
+    return theta, _scaling({"rope_type": "llama3", **{k: spec[k] for k in LLAMA3_KEYS}}, key)
+
+
+def _scaling(spec: dict, key: str) -> RopeScalingConfig:
     try:
-        scaling = from_dict(RopeScalingConfig, {"rope_type": "llama3", **{k: spec[k] for k in LLAMA3_KEYS}}, key)
+        return from_dict(RopeScalingConfig, spec, key)
     except ConfigError as e:
         raise UserError(f"config.json: {e}") from e
-    return theta, scaling
 
 
 def _check_supported(hf: dict, family: str) -> None:
@@ -127,6 +137,9 @@ def model_config_to_hf_config(cfg: ModelConfig, source: dict | None = None, dtyp
     arch, model_type = FAMILY_ARCH[cfg.family]
     hf = {k: v for k, v in (source or {}).items() if k not in DROPPED_ON_EXPORT}
     scaling = to_dict(cfg.rope_scaling) if cfg.rope_scaling is not None else None
+    if scaling:  # the keys of its type only (the others would be unknown to transformers)
+        kind = scaling["rope_type"]
+        scaling = {"rope_type": kind, **{k: scaling[k] for k in ROPE_SCALING_KEYS[kind] if scaling[k] is not None}}
     rope = {**(scaling or {"rope_type": "default"}), "rope_theta": cfg.rope_theta}
     hf.update({
         "architectures": [arch], "model_type": model_type, "vocab_size": cfg.vocab_size,

@@ -115,9 +115,10 @@ def _write_weights(reader: HostParamReader, out: Path, np_dtype, max_bytes: int,
 
 def export_hf(ckpt_dir: str | Path, out_dir: str | Path, *, dtype: str = "float32", max_shard_size: str = "5GB",
               step: int | None = None, overwrite: bool = False, tokenizer_file: str | Path | None = None,
-              progress: bool = False) -> Path:
+              progress: bool = False, ema: bool = False) -> Path:
     """A model checkpoint or run directory (latest step, or `step`) -> HF folder that
-    `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained` load."""
+    `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained` load. ema: export
+    the run's weight EMA instead of its raw weights."""
     dtype_name = canonical_dtype(dtype)
     if dtype_name not in EXPORT_DTYPES:
         raise UserError(f"export dtype {dtype!r}: choose one of {', '.join(EXPORT_DTYPES)} (or bf16, fp32)")
@@ -125,7 +126,7 @@ def export_hf(ckpt_dir: str | Path, out_dir: str | Path, *, dtype: str = "float3
     max_bytes = parse_size(max_shard_size)
     ckpt, out = Path(ckpt_dir), Path(out_dir).absolute()
     check_output_dir(out, overwrite, ckpt, manager_dir(ckpt))
-    with HostParamReader(ckpt, step) as reader:
+    with HostParamReader(ckpt, step, item="ema" if ema else "params") as reader:
         source = reader.meta.get("source") or {}
         hf_config = model_config_to_hf_config(reader.model_cfg, source.get("hf_config"), dtype=dtype_name)
         tokenizer = _tokenizer_files(ckpt, reader.meta, tokenizer_file)

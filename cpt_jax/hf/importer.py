@@ -14,9 +14,6 @@ from tqdm import tqdm
 
 from cpt_jax.checkpoint.model_checkpoint import check_output_dir, save_model_checkpoint
 from cpt_jax.errors import UserError
-from cpt_jax.model.config import ModelConfig
-from cpt_jax.model.params import check_compatible, find_layout, param_shardings
-from cpt_jax.sharding.mesh import MeshConfig, make_mesh
 from cpt_jax.hf.config_map import hf_config_to_model_config
 from cpt_jax.hf.safetensors_io import (
     READABLE_DTYPES,
@@ -26,6 +23,9 @@ from cpt_jax.hf.safetensors_io import (
     tensor_headers,
 )
 from cpt_jax.hf.weights import Mapping, get_path, mappings, set_path
+from cpt_jax.model.config import ModelConfig
+from cpt_jax.model.params import check_compatible, find_layout, param_shardings
+from cpt_jax.sharding.mesh import MeshConfig, make_mesh
 
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # a buffer some old exports contain; recomputed from the config
 
@@ -100,17 +100,17 @@ class StackedLeaf:
         self.array = self._set(self.array, place_tensor(host, self.row_sharding), np.int32(i))
 
 
-def one_device_shardings(cfg: ModelConfig) -> Any:
-    """Parameter shardings on a mesh of the first device: where the parameters go when no mesh is
-    given (the host on CPU, the accelerator elsewhere), instead of a host copy of the model."""
-    return param_shardings(cfg, make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1]))
+def one_device_shardings(cfg: ModelConfig, device) -> Any:
+    """Parameter shardings on a mesh of one device: where the parameters stream to when no mesh
+    is given, instead of a host copy of the model assembled first."""
+    return param_shardings(cfg, make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), [device]))
 
 
 def load_hf_params(hf_dir: str | Path, expected: ModelConfig | None, shardings: Any, dtype: str = "float32",
                    progress: bool = False) -> tuple[ModelConfig, Any, dict]:
     """(model config, params in its param_dtype, source metadata for a later export). Streamed:
     each tensor is read through a memory map, converted and placed into its shards on
-    `shardings` (a tree like params in either layer layout; None: one device) before the next is
+    `shardings` (a tree like params in either layer layout; None: the host CPU device) before the next is
     read, so host memory holds about one tensor beyond what the devices hold. With `expected`,
     the folder must match that model (the run's) and its config is returned."""
     hf_dir = Path(hf_dir)
@@ -120,7 +120,7 @@ def load_hf_params(hf_dir: str | Path, expected: ModelConfig | None, shardings: 
         check_compatible(cfg, expected, f"hf:{hf_dir}")
         cfg = expected
     if shardings is None:
-        shardings = one_device_shardings(cfg)
+        shardings = one_device_shardings(cfg, jax.local_devices(backend="cpu")[0])
     scanned = bool(find_layout(shardings))
     files = tensor_files(hf_dir)
     by_name = {m.hf_name: m for m in check_tensors(hf_dir, files, cfg)}
@@ -155,7 +155,8 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, *, dtype: str = "float32"
     hf_dir, out = Path(hf_dir), Path(out_dir).absolute()
     check_output_dir(out, overwrite, hf_dir)
     cfg = hf_config_to_model_config(read_hf_config(hf_dir), dtype=dtype)
-    shardings = param_shardings(cfg, mesh) if mesh is not None else None  # None: one device
+    # Without a mesh: the first device (an accelerator if there is one), not a host copy.
+    shardings = param_shardings(cfg, mesh) if mesh is not None else one_device_shardings(cfg, jax.devices()[0])
     cfg, params, source = load_hf_params(hf_dir, None, shardings, dtype=dtype, progress=progress)
     # One tensor's host copy in flight while orbax writes (the smallest bound it accepts).
     return save_model_checkpoint(out, params, cfg, {"source": source}, tokenizer_dir=hf_dir, overwrite=overwrite,

@@ -1,14 +1,16 @@
 """The attention core: softmax(q k^T / sqrt(d)) v, causal within each packed document.
 
-Two paths. `jax.nn.dot_product_attention` ("xla", "cudnn") gets `is_causal` plus a dense
-[B, 1, L, L] mask that keeps packed documents apart.
+Paths. "splash" (TPU) and "pallas_gpu" (GPU) are fused Pallas kernels with segment ids, memory
+linear in L (attention_kernels.py). `jax.nn.dot_product_attention` ("xla", "cudnn") gets
+`is_causal` plus a dense [B, 1, L, L] mask that keeps packed documents apart: jax 0.10's public
+API has no segment ids or sequence offsets, so cuDNN cannot skip that mask.
 "blocked" is written here because XLA:CPU has no fused attention: the XLA path materialises the
 whole fp32 score matrix, computes the masked upper triangle too, and autodiff adds several more
 full passes over it in the backward (profiled in benchmarks/RESULTS.md). "blocked" works on
 query blocks, each against only the keys up to its diagonal (about half the work for causal
 attention), and has a hand-written backward that recomputes the probabilities from the saved
-log-sum-exp instead of storing them, the flash-attention recipe. "auto" picks "blocked" on CPU
-and leaves the choice to jax elsewhere.
+log-sum-exp instead of storing them, the flash-attention recipe. "auto" picks "blocked" on CPU,
+"splash" on TPU and "pallas_gpu" on GPU (AUTO).
 """
 
 from __future__ import annotations
@@ -19,25 +21,42 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cpt_jax.model.attention_kernels import KERNELS, fused_attention
+from cpt_jax.sharding.rules import Sharder
+
 # Query rows per block. 64, 128 and 256 measured within noise of each other on CPU at L=512;
 # 128 keeps a block's scores ([B, H, 128, L] fp32) inside a 32 MiB L3 for typical CPU batches.
 BLOCK = 128
 _MASKED = -1e30  # finite: exp(_MASKED - max) is exactly 0 and never NaN
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, implementation: str) -> jax.Array:
+AUTO = {"cpu": "blocked", "tpu": "splash", "gpu": "pallas_gpu", "cuda": "pallas_gpu", "rocm": "xla"}
+
+
+def resolve(implementation: str, backend: str | None = None) -> str:
+    """The path `implementation` means on `backend` (default: jax's default backend)."""
+    if implementation != "auto":
+        return implementation
+    return AUTO.get(backend or jax.default_backend(), "xla")
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, implementation: str,
+           sharder: Sharder | None = None) -> jax.Array:
     """q: [B, L, H, D]; k, v: [B, L, K, D] with K dividing H (grouped-query); segment_ids: [B, L].
 
     Causality is by index within the row, and a token only sees tokens of its own segment.
-    Every token sees itself, so no row is fully masked.
+    Every token sees itself, so no row is fully masked. `sharder` places the fused kernels'
+    per-device calls under a mesh.
     """
-    if implementation == "blocked" or (implementation == "auto" and jax.default_backend() == "cpu"):
+    implementation = resolve(implementation)
+    if implementation == "blocked":
         return _blocked(q, k, v, segment_ids)
+    if implementation in KERNELS:
+        return fused_attention(implementation, q, k, v, segment_ids, sharder)
     # Causality as a flag, not in the mask, so that a fused kernel (cuDNN) can use its causal
     # mask type and skip blocks; the mask only separates packed documents.
     same_doc = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]  # [B, 1, L, L]
-    impl = None if implementation == "auto" else implementation
-    return jax.nn.dot_product_attention(q, k, v, mask=same_doc, is_causal=True, implementation=impl)
+    return jax.nn.dot_product_attention(q, k, v, mask=same_doc, is_causal=True, implementation=implementation)
 
 
 def _blocked(q, k, v, segment_ids):

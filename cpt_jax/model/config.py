@@ -23,15 +23,32 @@ def canonical_dtype(name: str, what: str = "dtype") -> str:
     return DTYPE_NAMES[name]
 
 
+ROPE_SCALING_KEYS = {  # the keys each rope_type reads (and writes into an HF config)
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+    "linear": ("factor",),
+    "yarn": ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "attention_factor", "mscale",
+             "mscale_all_dim", "truncate"),
+}
+
+
 @dataclass(frozen=True)
 class RopeScalingConfig:
-    """Llama 3.1 frequency-dependent RoPE scaling (HF `rope_scaling` with rope_type llama3)."""
+    """RoPE scaling (HF `rope_scaling`), transformers' formulas: llama3 (Llama 3.1 frequency-
+    dependent), linear (position interpolation: every frequency divided by `factor`) or yarn (YaRN:
+    interpolation blended with extrapolation between beta_slow and beta_fast rotations, and cos/sin
+    scaled by an attention factor). Each type reads only its keys (ROPE_SCALING_KEYS)."""
 
-    rope_type: Literal["llama3"] = "llama3"  # the only scaling type supported
-    factor: float = 8.0  # low frequencies are divided by this
-    low_freq_factor: float = 1.0  # wavelengths above orig/low_freq_factor are scaled fully
-    high_freq_factor: float = 4.0  # wavelengths below orig/high_freq_factor are kept
-    original_max_position_embeddings: int = 8192  # context length the base model was trained on
+    rope_type: Literal["llama3", "linear", "yarn"] = "llama3"  # scaling types supported
+    factor: float = 8.0  # llama3: low frequencies are divided by this; linear/yarn: the context extension
+    low_freq_factor: float = 1.0  # llama3: wavelengths above orig/low_freq_factor are scaled fully
+    high_freq_factor: float = 4.0  # llama3: wavelengths below orig/high_freq_factor are kept
+    original_max_position_embeddings: int = 8192  # llama3/yarn: context length the base model was trained on
+    beta_fast: float = 32.0  # yarn: rotations above which frequencies extrapolate (are kept)
+    beta_slow: float = 1.0  # yarn: rotations below which frequencies interpolate (are divided by factor)
+    attention_factor: Optional[float] = None  # yarn: cos/sin scale; None: 0.1 ln(factor) + 1 (or from mscale)
+    mscale: Optional[float] = None  # yarn (DeepSeek style): with mscale_all_dim, sets the attention factor
+    mscale_all_dim: Optional[float] = None  # yarn: see mscale
+    truncate: bool = True  # yarn: round the correction range to whole dimensions
 
     def validate(self, path: str) -> None:
         require(self.factor >= 1.0, path, "factor", "must be >= 1")
@@ -62,7 +79,7 @@ class ModelConfig:
     dtype: DType = "float32"  # compute dtype
     remat: Remat = "none"  # rematerialise each block: none, full, or keep matmul outputs (dots)
     scan_layers: bool = True  # one scanned block over stacked weights: compile time independent of depth
-    attention: Literal["auto", "blocked", "xla", "cudnn"] = "auto"  # auto: blocked on CPU, jax's choice elsewhere
+    attention: Literal["auto", "blocked", "xla", "cudnn", "splash", "pallas_gpu"] = "auto"  # auto: blocked (CPU), splash (TPU), pallas_gpu (GPU)
     initializer_range: float = 0.02  # std of the normal init (scratch runs)
 
     @property

@@ -10,7 +10,7 @@ from flax import nnx
 
 from cpt_jax.model.config import ModelConfig
 from cpt_jax.model.attention import attend
-from cpt_jax.model.rope import apply_rope, inverse_frequencies
+from cpt_jax.model.rope import apply_rope, attention_scaling, inverse_frequencies
 from cpt_jax.sharding.rules import Sharder
 
 Axes = tuple[str | None, ...]
@@ -71,10 +71,10 @@ class Attention(nnx.Module):
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         inv_freq = inverse_frequencies(cfg)  # a trace-time constant, not a parameter
-        q = apply_rope(q, positions, inv_freq)
-        k = apply_rope(k, positions, inv_freq)
+        q = apply_rope(q, positions, inv_freq, attention_scaling(cfg))
+        k = apply_rope(k, positions, inv_freq, attention_scaling(cfg))
         # Causal within a document: packed rows never attend across a segment boundary.
-        out = attend(q, k, v, segment_ids, cfg.attention)
+        out = attend(q, k, v, segment_ids, cfg.attention, self.sharder)
         out = self.sharder.constrain(out, ("batch", "length", "act_heads", None))
         y = jnp.einsum("blhk,hkd->bld", out, self.o[...].astype(x.dtype))
         return self.sharder.constrain(y, ("batch", "length", "act_embed"))

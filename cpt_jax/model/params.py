@@ -133,7 +133,7 @@ def stack_layers(params: dict) -> dict:
 def num_stacked(params: dict) -> int:
     leaf = jax.tree.leaves(params["layers"], is_leaf=_is_leaf)[0]
     if isinstance(leaf, jax.sharding.Sharding):
-        raise ValueError("the number of layers cannot be read from a tree of shardings; pass num_layers")
+        raise TypeError("the number of layers cannot be read from a tree of shardings; pass num_layers")
     return leaf.shape[0]
 
 
@@ -191,13 +191,3 @@ def relayout(tree: Any, scanned: bool, shardings: Any = None, num_layers: int | 
         return tree
     return jax.jit(lambda t: to_layout(t, scanned, num_layers), out_shardings=shardings)(tree)
 
-
-def matrix_mask(params: Any) -> Any:
-    """True for matrices, False for vectors (norm scales, biases) in either layout: what weight
-    decay applies to. A stacked leaf's leading layer axis does not count as a dimension."""
-    def is_matrix(path, x):
-        stacked = (len(path) > 1 and getattr(path[0], "key", None) == "layers"
-                   and not is_layer_index(getattr(path[1], "key", 0)))
-        return x.ndim - int(stacked) >= 2
-
-    return jax.tree_util.tree_map_with_path(is_matrix, params)

@@ -28,8 +28,13 @@ def plot_run(run: RunRecord, out: str | Path) -> Path:
     panels = 4 if run.tasks else 3
     fig, axes = plt.subplots(panels, 1, figsize=(9, 3 * panels), sharex=True)
     steps = [r["step"] for r in run.train]
-    axes[0].plot(steps, [r["loss"] for r in run.train], linewidth=0.8)
+    axes[0].plot(steps, [r["loss"] for r in run.train], linewidth=0.8, color="black", label="all")
+    for source in run.train_sources:  # per-source loss from the same batches: which source a spike came from
+        rows = [r for r in run.train if f"loss/{source}" in r]
+        axes[0].plot([r["step"] for r in rows], [r[f"loss/{source}"] for r in rows], linewidth=0.6, label=source)
     axes[0].set_ylabel("train loss")
+    if run.train_sources:
+        axes[0].legend(fontsize=8)
     axes[1].plot(steps, [r["lr"] for r in run.train], color="tab:orange")
     axes[1].set_ylabel("learning rate")
     for source in run.sources:

@@ -29,6 +29,11 @@ class RunRecord:
         return list(zip(self.config.phase_starts(), (p.name for p in self.config.phases)))
 
     @property
+    def train_sources(self) -> list[str]:
+        """Sources with a per-source train loss in the log."""
+        return sorted({k[5:] for r in self.train for k in r if k.startswith("loss/")})
+
+    @property
     def sources(self) -> list[str]:
         return sorted({r["source"] for r in self.evals})
 
@@ -59,6 +64,6 @@ def load_run(path: str | Path, label: str | None = None) -> RunRecord:
         raise UserError(f"{path}/metrics.jsonl has no records yet; train first")
     return RunRecord(path=path, label=label or path.name, config=config,
                      train=[r for r in records if r.get("kind") == "train"],
-                     evals=[r for r in records if r.get("kind") == "eval"],
+                     evals=[r for r in records if r.get("kind") == "eval" and r.get("weights") != "ema"],
                      tasks=[r for r in records if r.get("kind") == "task"],
                      branch=(branch["parent"], int(branch["step"])) if branch else None)

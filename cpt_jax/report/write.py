@@ -9,7 +9,7 @@ from cpt_jax.errors import UserError
 from cpt_jax.report.curves import plot_compare, plot_run
 from cpt_jax.report.runs import load_run
 from cpt_jax.report.stability import stability_table
-from cpt_jax.report.tables import phase_table
+from cpt_jax.report.tables import data_table, phase_table
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,8 @@ def write_report(run_dirs: list[str], out: str | Path | None = None, labels: lis
     written = [plot_run(r, out / f"curves-{r.label}.png") for r in runs]
     if len(runs) > 1:
         written.append(plot_compare(runs, out / "compare.png"))
-    table = phase_table(runs) + "\nStability gap (worst held-out loss after each phase start):\n\n" + stability_table(runs)
+    table = (phase_table(runs) + "\nStability gap (worst held-out loss after each phase start):\n\n"
+             + stability_table(runs) + "\nData per phase (shares of rows and epochs seen):\n\n" + data_table(runs))
     (out / "heldout.md").write_text("# Held-out loss per domain\n\n" + table)
     written.append(out / "heldout.md")
     return Report(tables=table, written=written)

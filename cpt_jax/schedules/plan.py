@@ -165,15 +165,21 @@ def lr_at(phases: Sequence[PhaseSpec], steps) -> np.ndarray:
 _POINT_AT_SEGMENT_START = {"cooldown": "cooldown start", "constant": "constant start", "anneal": "anneal start"}
 
 
-def key_points(phases: Sequence[PhaseSpec], tokens_per_step: int | None = None) -> list[dict]:
+def key_points(phases: Sequence[PhaseSpec], tokens_per_step: int | Sequence[int] | None = None) -> list[dict]:
     """Start, peak, cooldown/constant/anneal starts and end of each phase, in step order.
 
     Each point: {'phase', 'step' (global), 'lr' (used by that step), 'what'} plus 'tokens'
-    (tokens consumed before that step: step * tokens_per_step) when tokens_per_step is given.
+    (tokens consumed before that step) when tokens_per_step is given: one number for the whole
+    plan, or one per phase (phases with their own batch size or row length).
     Points of one phase that fall on the same step are merged ('start / peak').
     """
     points: list[tuple[str, int, str]] = []
-    for plan in plan_phases(phases):
+    plans = plan_phases(phases)
+    per_phase = [tokens_per_step] * len(plans) if isinstance(tokens_per_step, int) else tokens_per_step
+    before, phase_of = [0], {}  # tokens before each phase starts; phase index of each point
+    for plan, t in zip(plans, per_phase or []):
+        before.append(before[-1] + plan.steps * t)
+    for i, plan in enumerate(plans):
         local: dict[int, list[str]] = {0: ["start"]}
         offset = 0
         for seg in plan.segments:
@@ -183,12 +189,15 @@ def key_points(phases: Sequence[PhaseSpec], tokens_per_step: int | None = None) 
                 local.setdefault(offset, []).append(_POINT_AT_SEGMENT_START[seg.kind])
             offset += seg.steps
         local.setdefault(plan.steps - 1, []).append("end")
-        points += [(plan.name, plan.start + i, " / ".join(what)) for i, what in sorted(local.items())]
+        for k, what in sorted(local.items()):
+            phase_of[len(points)] = i
+            points.append((plan.name, plan.start + k, " / ".join(what)))
     lrs = lr_at(phases, [step for _, step, _ in points])
     out = []
-    for (name, step, what), lr in zip(points, lrs):
+    for j, ((name, step, what), lr) in enumerate(zip(points, lrs)):
         row = {"phase": name, "step": step, "lr": float(lr), "what": what}
-        if tokens_per_step is not None:
-            row["tokens"] = step * tokens_per_step
+        if per_phase is not None:
+            i = phase_of[j]
+            row["tokens"] = before[i] + (step - plans[i].start) * per_phase[i]
         out.append(row)
     return out

@@ -8,6 +8,7 @@ of size outer x inner, so shardings, rules and checkpoints do not change with th
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -118,7 +119,7 @@ def hybrid_devices(cfg: MeshConfig, devices: list) -> np.ndarray:
                           f"dcn_data x dcn_fsdp = {slices} equal nodes; set the dcn sizes to the number of "
                           "slices or nodes")
     per = len(processes) // slices  # processes per node, numbered node by node
-    return _assemble([sum(processes[i * per:(i + 1) * per], []) for i in range(slices)], cfg)
+    return _assemble([list(itertools.chain(*processes[i * per:(i + 1) * per])) for i in range(slices)], cfg)
 
 
 def make_mesh(cfg: MeshConfig, devices: list | None = None) -> Mesh:

@@ -134,7 +134,8 @@ def _write_config_and_tokenizer(ref, tokenizer_src, out: Path, out_dtype: np.dty
     tok_dir = tokenizer_src.tokenizer_dir
     found = [f for f in (tok_dir / n for n in TOKENIZER_FILES) if f.is_file()] if tok_dir else []
     if not found:
-        warnings.warn(f"no tokenizer files found with {tokenizer_src.ref}; the merged model has weights and config only",
+        warnings.warn(f"no tokenizer files found with {tokenizer_src.ref}; the merged model has weights and "
+                      "config only",
                       stacklevel=3)
     for f in found:
         shutil.copy2(f, out / f.name)
@@ -147,10 +148,10 @@ def _merge_to_hf(recipe: Recipe, sources: dict, out: Path, max_bytes: int, seed:
     names = _output_order(ref, sources)
     out_dtype = {n: NP_DTYPES[recipe.out_dtype or recipe.dtype] if (recipe.out_dtype or recipe.dtype) else ref.dtype(n)
                  for n in names}
-    writer = StreamingShardWriter(out, [(n, ref.shape(n), out_dtype[n]) for n in names], max_bytes)
-    for name in tqdm(names, desc="merge", unit="tensor", disable=not progress):
-        writer.add(name, merger(name).astype(out_dtype[name], copy=False))
-    writer.finish()
+    with StreamingShardWriter(out, [(n, ref.shape(n), out_dtype[n]) for n in names], max_bytes) as writer:
+        for name in tqdm(names, desc="merge", unit="tensor", disable=not progress):
+            writer.add(name, merger(name).astype(out_dtype[name], copy=False))
+        writer.finish()
     _write_config_and_tokenizer(ref, sources[recipe.tokenizer_model()], out, out_dtype[names[0]])
 
 

@@ -121,7 +121,8 @@ class Recipe:
                 "cpt_jax merges models of one vocabulary only: use 'base' or one of the models "
                 f"(MergeKit's 'union' and tokenizer surgery are not supported), got {self.tokenizer_source!r}")
         if "t" in shared:
-            require("t" in self.parameters, path, "parameters", "slerp needs parameters.t (0: base_model, 1: the other)")
+            require("t" in self.parameters, path, "parameters",
+                    "slerp needs parameters.t (0: base_model, 1: the other)")
 
     def inputs(self) -> list[ModelEntry]:
         """The models merged, in order; as in MergeKit a base_model not listed is appended."""

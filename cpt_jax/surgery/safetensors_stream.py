@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cpt_jax.hf.safetensors_io import INDEX, SINGLE, READABLE_DTYPES
+from cpt_jax.hf.safetensors_io import INDEX, READABLE_DTYPES, SINGLE
 
 DTYPE_NAMES = {np.dtype(v): k for k, v in READABLE_DTYPES.items()}
 
@@ -58,21 +58,31 @@ class StreamingShardWriter:
         i = self._next
         expected, shape, dtype = self.specs[i]
         if name != expected or tuple(array.shape) != tuple(shape) or array.dtype != dtype:
-            raise RuntimeError(f"tensor {name} {array.shape} {array.dtype} out of plan: expected {expected} {shape} {dtype}")
+            raise RuntimeError(f"tensor {name} {array.shape} {array.dtype} out of plan: "
+                               f"expected {expected} {shape} {dtype}")
         shard = self._shard_of[i]
         if i == self.shards[shard][0]:
-            if self._file is not None:
-                self._file.close()
+            self.close()
             self._file = open(self.directory / self.file_names[shard], "wb")
             self._file.write(_header([self.specs[j] for j in self.shards[shard]]))
         self._file.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
         self._next += 1
 
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> StreamingShardWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def finish(self) -> list[str]:
         if self._next != len(self.specs):
             raise RuntimeError(f"{len(self.specs) - self._next} planned tensors were never written")
-        if self._file is not None:
-            self._file.close()
+        self.close()
         if len(self.file_names) == 1:
             return self.file_names
         weight_map = {self.specs[i][0]: self.file_names[s] for s, idx in enumerate(self.shards) for i in idx}

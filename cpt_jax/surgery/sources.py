@@ -63,7 +63,8 @@ class CheckpointSource:
         cfg = self.reader.model_cfg
         self.scanned = cfg.scan_layers
         self.mappings = {m.hf_name: m for m in mappings(cfg)}
-        order = {group: i for i, group in enumerate(dict.fromkeys(m.group_in(self.scanned) for m in self.mappings.values()))}
+        groups = dict.fromkeys(m.group_in(self.scanned) for m in self.mappings.values())
+        order = {group: i for i, group in enumerate(groups)}
         self.names = sorted(self.mappings, key=lambda n: order[self.mappings[n].group_in(self.scanned)])
         self._abstract = abstract_params(cfg)
         self._cached: tuple | None = None  # (key path, array) of the stacked weight last read

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from cpt_jax.errors import DataError
 from cpt_jax.tasks.config import TaskConfig
 from cpt_jax.tasks.documents import ChoiceDoc, load_docs
 from cpt_jax.tasks.prompts import TARGET_DELIMITER, contexts
@@ -49,11 +50,18 @@ def prepare_task(cfg: TaskConfig, tok: TaskTokenizer, seq_len: int) -> PreparedT
         prompts = contexts(docs, pool, cfg.shots, cfg.seed)
         for i, (doc, prompt) in enumerate(zip(docs, prompts)):
             for choice in doc.choices:
-                requests.append(encode_pair(tok, prompt, TARGET_DELIMITER + choice))
+                req = encode_pair(tok, prompt, TARGET_DELIMITER + choice)
+                if not req.continuation:
+                    raise DataError(f"{cfg.path}: document {i + 1}: choice {choice!r} encodes to no tokens after its "
+                                    "context; fix the choice (or the task's tokenizer)")
+                requests.append(req)
                 owner.append(i)
     else:
         for i, doc in enumerate(docs):
-            windows = rolling_requests(tok.encode(doc.text), tok.prefix_id, seq_len)
+            tokens = tok.encode(doc.text)
+            if not tokens:
+                raise DataError(f"{cfg.path}: document {i + 1} encodes to no tokens; remove it or fix its text")
+            windows = rolling_requests(tokens, tok.prefix_id, seq_len)
             requests += windows
             owner += [i] * len(windows)
     return PreparedTask(cfg, docs, prompts, requests, owner)

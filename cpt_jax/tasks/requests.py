@@ -59,8 +59,6 @@ def request_row(req: Request, seq_len: int) -> tuple[np.ndarray, np.ndarray, int
     """(inputs, targets, n scored) of one request in a row of `seq_len`: the last seq_len + 1 ids
     of context + continuation, inputs without the last id and targets shifted by one; the
     continuation's tokens are the last `n` targets."""
-    if not req.continuation:
-        raise ValueError("a request needs at least one continuation token")
     ids = (req.context + req.continuation)[-(seq_len + 1):]
     n = min(len(req.continuation), len(ids) - 1)
     return np.asarray(ids[:-1], np.int32), np.asarray(ids[1:], np.int32), n

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ from cpt_jax.config.base import apply_overrides, fail, fingerprint, from_dict, j
 from cpt_jax.data.config import DataConfig
 from cpt_jax.distributed import DistributedConfig
 from cpt_jax.errors import ConfigError
-from cpt_jax.model.config import ModelConfig
+from cpt_jax.model.config import ModelConfig, RopeScalingConfig
 from cpt_jax.schedules.config import ScheduleConfig
 from cpt_jax.sharding.mesh import MeshConfig
 from cpt_jax.tasks.config import TaskConfig
@@ -21,6 +22,8 @@ from cpt_jax.train.optimizer import OptimizerConfig
 
 
 CARRY_PARTS = ("params", "optimizer", "data")
+PHASE_DATA_KEYS = ("seq_len", "global_batch_size")  # per-phase overrides of the data section ...
+PHASE_MODEL_KEYS = ("rope_theta", "rope_scaling", "max_position_embeddings")  # ... and of the model's
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,14 @@ class PhaseConfig:
     tokens: Optional[int] = None  # ... or in tokens (rounded up to whole steps)
     init: str = "previous"  # scratch, previous, hf:<dir> or ckpt:<dir>[@step]
     carry: Optional[str] = None  # params[+optimizer][+data]; default params+optimizer after previous, else params
+    from_ema: bool = False  # start from the weight EMA of `previous` or of ckpt:<run_dir>@<step> (optimizer.ema_decay)
+    # Per-phase overrides (a long-context phase): unset keeps the value of the phase before (the
+    # run's data/model section for the first phase). Parameter shapes never depend on them.
+    seq_len: Optional[int] = None  # row length of this phase's batches
+    global_batch_size: Optional[int] = None  # rows per optimizer step in this phase
+    rope_theta: Optional[float] = None  # RoPE base from this phase on
+    rope_scaling: Optional[RopeScalingConfig] = None  # RoPE scaling from this phase on
+    max_position_embeddings: Optional[int] = None  # the model's context length from this phase on
 
     def validate(self, path: str) -> None:
         require((self.steps is None) != (self.tokens is None), path, "steps",
@@ -58,6 +69,14 @@ class PhaseConfig:
         ok = self.init in ("scratch", "previous") or self.init.startswith(("hf:", "ckpt:"))
         require(ok, path, "init", f"must be scratch, previous, hf:<dir> or ckpt:<dir>[@step], got {self.init!r}")
         self._validate_carry(path)
+        for key in ("seq_len", "global_batch_size", "max_position_embeddings"):
+            if getattr(self, key) is not None:
+                require(getattr(self, key) > 0, path, key, f"must be positive, got {getattr(self, key)}")
+        if self.from_ema:
+            require(self.init == "previous" or self.init.startswith("ckpt:"), path, "from_ema",
+                    "only a phase that starts from `previous` or from a ckpt:<run_dir>@<step> has an EMA to start from")
+        if self.rope_theta is not None:
+            require(self.rope_theta > 0, path, "rope_theta", f"must be positive, got {self.rope_theta}")
 
     @property
     def carried(self) -> frozenset[str]:
@@ -146,11 +165,27 @@ class RunConfig:
 
     @property
     def tokens_per_step(self) -> int:
-        return self.data.global_batch_size * self.data.seq_len
+        """Of the first phase (see phase_run for the others)."""
+        return self.phase_run(0).data.global_batch_size * self.phase_run(0).data.seq_len
+
+    def phase_run(self, i: int) -> RunConfig:
+        """The run as phase i sees it: its data and model sections with the per-phase overrides
+        of phases 0..i applied (each key: the latest phase that sets it)."""
+        data, model = {}, {}
+        for phase in self.phases[: i + 1]:
+            data.update({k: getattr(phase, k) for k in PHASE_DATA_KEYS if getattr(phase, k) is not None})
+            model.update({k: getattr(phase, k) for k in PHASE_MODEL_KEYS if getattr(phase, k) is not None})
+        if not data and not model:
+            return self
+        return dataclasses.replace(self, data=dataclasses.replace(self.data, **data),
+                                   model=dataclasses.replace(self.model, **model))
+
+    def phase_tokens_per_step(self) -> list[int]:
+        return [r.data.global_batch_size * r.data.seq_len for r in map(self.phase_run, range(len(self.phases)))]
 
     def phase_steps(self) -> list[int]:
-        return [p.steps if p.steps is not None else math.ceil(p.tokens / self.tokens_per_step)
-                for p in self.phases]
+        return [p.steps if p.steps is not None else math.ceil(p.tokens / t)
+                for p, t in zip(self.phases, self.phase_tokens_per_step())]
 
     @property
     def branch_point(self) -> tuple[str, int] | None:
@@ -185,13 +220,15 @@ class RunConfig:
         require(bool(self.run_dir), path, "run_dir", "set the directory for checkpoints and logs")
         require(len(self.phases) > 0, path, "phases", "the plan needs at least one phase")
         require(self.data.seq_len > 0, "data", "seq_len", f"must be positive, got {self.data.seq_len}")
-        require(self.data.seq_len <= self.model.max_position_embeddings, "data", "seq_len",
-                f"seq_len={self.data.seq_len} exceeds model.max_position_embeddings="
-                f"{self.model.max_position_embeddings}")
-        b = self.data.global_batch_size
-        require(b > 0, "data", "global_batch_size", "must be positive")
-        require(b % self.optimizer.grad_accum == 0, "optimizer", "grad_accum",
-                f"must divide data.global_batch_size={b}")
+        for i in range(len(self.phases)):
+            run, where = self.phase_run(i), f" (in phase {self.phases[i].name!r})" if i else ""
+            require(run.data.seq_len <= run.model.max_position_embeddings, "data", "seq_len",
+                    f"seq_len={run.data.seq_len} exceeds model.max_position_embeddings="
+                    f"{run.model.max_position_embeddings}{where}")
+            b = run.data.global_batch_size
+            require(b > 0, "data", "global_batch_size", "must be positive")
+            require(b % self.optimizer.grad_accum == 0, "optimizer", "grad_accum",
+                    f"must divide data.global_batch_size={b}{where}")
         for i, phase in enumerate(self.phases):
             for src in phase.mixture:
                 if src not in self.data.sources:
@@ -201,6 +238,10 @@ class RunConfig:
             if "data" in phase.carried:
                 fail(f"phases[{i}]", "carry", "only the first phase can carry data (a branch continues its "
                                               "parent's streams); later phases continue the plan's own")
+        for i, phase in enumerate(self.phases):
+            if phase.from_ema and phase.init == "previous":
+                require(self.optimizer.ema_decay > 0, f"phases[{i}]", "from_ema",
+                        "the run keeps no weight EMA: set optimizer.ema_decay (e.g. 0.999)")
         if self.phases[0].init == "previous":
             fail("phases[0]", "init", "the first phase has no previous phase: use scratch, hf:<dir> or ckpt:<dir>")
         # Lengths that depend on each phase's budget (warmup + cooldown fit, fractions): checked

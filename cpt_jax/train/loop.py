@@ -24,16 +24,19 @@ import numpy as np
 from cpt_jax.checkpoint.run_checkpoint import RunCheckpointer
 from cpt_jax.config.base import to_dict
 from cpt_jax.distributed import processes_where
-from cpt_jax.errors import TrainingDiverged, UserError
+from cpt_jax.errors import TrainingDiverged
 from cpt_jax.sharding.placement import host_row_range, to_global_batch
 from cpt_jax.train.config import RunConfig, plan_fingerprint
 from cpt_jax.train.hooks import Hooks, StepInfo
+from cpt_jax.train.loss import per_source_losses
 from cpt_jax.train.metrics import MetricsWriter, Progress
 from cpt_jax.train.mfu import device_peak_flops
-from cpt_jax.train.phase_init import carried_stream_offsets, phase_start_params, run_checkpoint_start
-from cpt_jax.train.run_dir import check_fresh_start, prepare_run_dir
-from cpt_jax.train.setup import build_setup
-from cpt_jax.train.state import TrainState, new_train_state
+from cpt_jax.train.phase_init import (carried_stream_state, check_start_points, phase_start_params,
+                                      run_checkpoint_start)
+from cpt_jax.train.run_dir import check_fresh_start, holds_checkpoints, prepare_run_dir
+from cpt_jax.train.setup import RunSetup, build_setup
+from cpt_jax.train.state import TrainState, new_train_state, start_ema
+from cpt_jax.train.task_eval import TaskEvaluator, task_rows
 
 
 @contextmanager
@@ -83,16 +86,61 @@ class Trainer:
                  stop_after: int | None = None):
         """stop_after: stop (as if preempted, without saving) after this global step."""
         self.cfg, self.force_new, self.progress, self.stop_after = cfg, force_new, progress, stop_after
-        self.setup = build_setup(cfg)
+        self._setups: dict[str, RunSetup] = {}  # one per distinct (model, data) of the phases
+        self._start_states: dict[int, dict] = {}  # data iterator state at step 0 of each phase
+        self._task_evaluators: dict[int, TaskEvaluator | None] = {}  # per setup, built on first use
+        self._use_phase(0)
         self.process_count = jax.process_count()
         self.is_writer = jax.process_index() == 0
-        self.flops_per_token = cfg.model.flops_per_token(cfg.data.seq_len)
         self.peak, self.peak_source = device_peak_flops()
+        # The run's sinks: opened by run(), closed when it returns or fails.
+        self.ckpt: RunCheckpointer | None = None
+        self.writer: MetricsWriter | None = None
+        self.bar: Progress | None = None
         self.summary: dict = {}
+
+    def _setup_for(self, phase: int) -> RunSetup:
+        """The setup of `phase` (its row length, batch and RoPE settings); phases that share them
+        share one setup (and its compiled steps)."""
+        run = self.cfg.phase_run(phase)
+        key = repr((run.model, run.data))
+        if key not in self._setups:
+            mesh = next(iter(self._setups.values())).mesh if self._setups else None
+            self._setups[key] = build_setup(self.cfg, mesh, phase)
+        return self._setups[key]
+
+    def _use_phase(self, phase: int) -> None:
+        self.setup = self._setup_for(phase)
+        self.flops_per_token = self.setup.cfg.model.flops_per_token(self.setup.cfg.data.seq_len)
+
+    def _phase_start_state(self, loop: LoopState, phase: int) -> dict:
+        """The data iterator state at step 0 of `phase`: where the phase before left each source
+        (with its own row length and batch), or for phase 0 the start of every stream or, in a
+        branch that carries data, the parent's position at the branch point. A pure function of
+        the plan (and the branch point), so a resume at any step finds the same batches."""
+        if phase not in self._start_states:
+            if phase == 0:
+                mixture = self.cfg.phases[0].mixture
+                parent = loop.branch.get("data")
+                if parent:  # the same mixture continues the parent's row schedule exactly
+                    same = _normalised(parent["mixture"]) == _normalised(mixture)
+                    state = {**parent, "step": parent["step"] if same else 0}
+                else:
+                    state = self._setup_for(0).pipe.train_iterator(mixture, phase=0, start_tokens={}).state()
+            else:
+                before = self._phase_start_state(loop, phase - 1)
+                pipe = self._setup_for(phase - 1).pipe
+                state = pipe.resume(before, mixture=self.cfg.phases[phase - 1].mixture,
+                                    skip=self.setup.steps[phase - 1]).state()
+                state["step"] = 0
+            self._start_states[phase] = {**state, "phase": phase}
+        return self._start_states[phase]
 
     # ----------------------------------------------------------------- the run
     def run(self) -> dict:
         cfg, setup = self.cfg, self.setup
+        if self.force_new or not holds_checkpoints(cfg.run_dir):  # a fresh start: its inputs exist?
+            check_start_points([p.init for p in cfg.phases])
         prepare_run_dir(cfg, self.force_new, self.is_writer)
         self.ckpt = RunCheckpointer(cfg.run_dir, cfg.checkpoint)
         try:
@@ -100,9 +148,12 @@ class Trainer:
         except BaseException:
             self.ckpt.close()
             raise
+        self._use_phase(min(loop.phase, len(cfg.phases) - 1))
         resume_point = (int(loop.train.step), loop.phase) if loop.train is not None else None
         self.writer = MetricsWriter(cfg.run_dir, enabled=self.is_writer, tensorboard=cfg.log.tensorboard,
-                                    resume_point=resume_point)
+                                    resume_point=resume_point,
+                                    wandb_project=cfg.log.wandb_project if cfg.log.wandb else None,
+                                    wandb_mode=cfg.log.wandb_mode, wandb_config=to_dict(cfg))
         self.bar = Progress(cfg.base_step + sum(setup.steps), resume_point[0] if resume_point else cfg.base_step,
                             self.progress and cfg.log.progress and self.is_writer, echo=self.is_writer)
         if resume_point:
@@ -115,6 +166,7 @@ class Trainer:
                     if loop.phase_step >= setup.steps[loop.phase]:  # a finished phase: move on
                         loop.phase, loop.phase_step = loop.phase + 1, 0
                         continue
+                    self._use_phase(loop.phase)
                     if loop.phase_step == 0:
                         self._enter_phase(loop)
                     if self._run_phase(loop, stop):
@@ -137,7 +189,9 @@ class Trainer:
             check_fresh_start(self.cfg.run_dir)
         params, opt_state, meta = restored
         step = jax.device_put(np.int32(meta["step"]), self.setup.shardings.step)
-        return LoopState(train=TrainState(step=step, params=params, opt_state=opt_state), phase=meta["phase"],
+        ema = self.ckpt.restore_ema(meta["step"], self.setup.abstract_params) if self.setup.shardings.ema else None
+        ema = start_ema(params, self.setup.shardings, ema)
+        return LoopState(train=TrainState(step=step, params=params, opt_state=opt_state, ema=ema), phase=meta["phase"],
                          phase_step=meta["phase_step"], source=meta.get("source") or {},
                          branch=meta.get("branch") or {})
 
@@ -145,27 +199,31 @@ class Trainer:
         cfg, setup = self.cfg, self.setup
         pc = cfg.phases[loop.phase]
         where = f"phases[{loop.phase}].init"
-        opt_state = None
-        if pc.init.startswith("ckpt:") and pc.carried & {"optimizer", "data"}:
-            params, opt_state, meta = run_checkpoint_start(pc.init, pc.carried, cfg.model, setup.abstract_params,
-                                                           setup.abstract_opt, where)
+        opt_state = ema = None
+        if pc.init.startswith("ckpt:") and (pc.carried & {"optimizer", "data"} or pc.from_ema):
+            params, opt_state, meta = run_checkpoint_start(pc.init, pc.carried, setup.cfg.model, setup.abstract_params,
+                                                           setup.abstract_opt, where, from_ema=pc.from_ema)
             loop.source = meta.get("source") or {}
-            if loop.phase == 0:  # a branch: record where it came from (and its streams, when carried)
+            if loop.phase == 0 and cfg.branch_point:  # a branch: where it came from (and its streams)
                 parent, at = cfg.branch_point
-                tokens = (carried_stream_offsets(meta, parent, cfg.data, where) if "data" in pc.carried else {})
+                data = carried_stream_state(meta, parent, cfg.data, where) if "data" in pc.carried else None
                 loop.branch = {"parent": str(Path(parent).absolute()), "step": at, "carry": sorted(pc.carried),
-                               "tokens": tokens}
+                               **({"data": data} if data else {})}
         else:
-            previous = loop.train.params if loop.train is not None else None
-            params, source = phase_start_params(pc.init, cfg.model, setup.mesh, setup.param_shardings, cfg.seed,
+            previous = None
+            if loop.train is not None:
+                previous = loop.train.ema if pc.from_ema else loop.train.params
+            params, source = phase_start_params(pc.init, setup.cfg.model, setup.mesh, setup.param_shardings, cfg.seed,
                                                 previous, where)
             if source is not None:
                 loop.source = source
             if pc.init == "previous" and "optimizer" in pc.carried and loop.train is not None:
                 opt_state = loop.train.opt_state
+                ema = None if pc.from_ema else loop.train.ema  # the EMA goes on with the optimizer
         if opt_state is not None:
             step = jax.device_put(np.int32(setup.starts[loop.phase]), setup.shardings.step)
-            loop.train = TrainState(step=step, params=params, opt_state=opt_state)
+            loop.train = TrainState(step=step, params=params, opt_state=opt_state,
+                                    ema=start_ema(params, setup.shardings, ema))
         else:
             loop.train = new_train_state(setup.tx, params, setup.shardings, step=setup.starts[loop.phase])
         self.bar.write(f"phase {loop.phase} {pc.name!r}: {setup.steps[loop.phase]} steps from {pc.init} "
@@ -177,24 +235,22 @@ class Trainer:
         hooks = Hooks()
         hooks.add("log", lambda info: self._log(loop, pending), on_stop=True,
                   due=lambda info: len(pending.steps) >= cfg.log.every)
-        hooks.add("eval", lambda info: self._evaluate(loop, info.step, announce=True), every=cfg.eval.every)
+        hooks.add("eval", lambda info: self._evaluate(loop, info.step, announce=True), every=cfg.eval.every,
+                  due=lambda info: cfg.eval.due(info.phase_step, info.step))  # dense early in a phase
         hooks.add("checkpoint", lambda info: self._save(loop), every=cfg.checkpoint.every, on_stop=True)
         return hooks
 
     def _run_phase(self, loop: LoopState, stop: dict) -> bool:
         """Train the current phase to its end; True when the run stopped early."""
-        cfg, setup = self.cfg, self.setup
+        setup = self.setup
+        cfg = setup.cfg  # the run as this phase sees it (its row length and batch)
         pc = cfg.phases[loop.phase]
         n, start, rows = setup.steps[loop.phase], setup.starts[loop.phase], cfg.data.global_batch_size
-        # Each source's stream continues where the earlier phases left it (a pure function of
-        # the plan), so replay never re-reads what phase 0 already trained on.
-        start_tokens = setup.pipe.phase_start_tokens([(p.mixture, k) for p, k in zip(cfg.phases, setup.steps)],
-                                                     loop.phase)
-        # A branch that carries data continues its parent's streams from the branch point.
-        start_tokens = {n: t + int(loop.branch.get("tokens", {}).get(n, 0)) for n, t in start_tokens.items()}
-        loop.data = it = setup.pipe.train_iterator(pc.mixture, phase=loop.phase, start_step=loop.phase_step,
-                                       start_tokens=start_tokens,
-                                       row_range=host_row_range(setup.batch_sharding, rows, cfg.data.seq_len))
+        # Each source's stream continues where the earlier phases (or a branch's parent) left
+        # it, so replay never re-reads what phase 0 already trained on.
+        loop.data = it = setup.pipe.resume(self._phase_start_state(loop, loop.phase), mixture=pc.mixture,
+                                           skip=loop.phase_step,
+                                           row_range=host_row_range(setup.batch_sharding, rows, cfg.data.seq_len))
         if loop.phase_step == 0:
             self.bar.write(f"mixture: {setup.pipe.plan(pc.mixture).describe()}")
         pending = PendingMetrics()
@@ -234,6 +290,10 @@ class Trainer:
                 self.ckpt.wait()
                 self.summary["stopped_at"] = step
                 return True
+        asked, seen = _normalised(pc.mixture), it.consumption()
+        self.bar.write(f"phase {pc.name!r} trained on: " + ", ".join(
+            f"{src} {share:.2%} of rows (asked {asked.get(src, 0.0):.2%}, "
+            f"{seen.get(src, {}).get('epochs', 0.0):.2f} epochs seen)" for src, share in it.realised().items()))
         self.summary["phases"].append({"phase": pc.name, "end_step": start + n, "data": it.state()})
         return False
 
@@ -260,14 +320,20 @@ class Trainer:
         tok_s = pending.tokens / max(time.perf_counter() - pending.t0, 1e-9)
         mfu = self.flops_per_token * tok_s / (self.peak * jax.device_count())
         name = self.cfg.phases[loop.phase].name
-        for (step, phase_step, _), m in zip(pending.steps, fetched):
+        names = self.setup.pipe.source_names
+        # What the data was: share of rows and epochs of each source so far (after the last step).
+        data = {**{f"share/{n}": v for n, v in loop.data.realised().items()},
+                **{f"epochs/{n}": c["epochs"] for n, c in loop.data.consumption().items()}}
+        for i, ((step, phase_step, _), m) in enumerate(zip(pending.steps, fetched)):
             if not np.isfinite(m["loss"]):
                 raise TrainingDiverged(f"non-finite loss ({m['loss']}) at step {step} (phase {name!r}, step "
                                        f"{phase_step} of it); the last good checkpoint is step "
                                        f"{self.ckpt.latest_step()}: lower the LR or check the data, then resume "
                                        "from it")
+            scalars = {k: float(v) for k, v in m.items() if np.ndim(v) == 0}
             self.writer.write({"kind": "train", "step": step, "phase": loop.phase, "phase_step": phase_step,
-                               **{k: float(v) for k, v in m.items()}, "tokens_per_s": tok_s, "mfu": mfu})
+                               **scalars, **per_source_losses(m, names), "tokens_per_s": tok_s, "mfu": mfu,
+                               **(data if i == len(fetched) - 1 else {})})
         m = fetched[-1]
         self.bar.update(len(pending.steps), {"phase": name, "loss": f"{m['loss']:.4f}", "lr": f"{m['lr']:.2e}",
                                              "tok/s": f"{tok_s:,.0f}", "mfu": f"{mfu:.1%}"})
@@ -279,24 +345,45 @@ class Trainer:
         for source, r in results.items():
             self.writer.write({"kind": "eval", "step": step, "phase": loop.phase,
                                "phase_name": self.cfg.phases[loop.phase].name, "source": source, **r})
+        if loop.train.ema is not None:  # the weight EMA beside the raw weights
+            for source, r in self.setup.heldout(loop.train.ema).items():
+                self.writer.write({"kind": "eval", "step": step, "phase": loop.phase, "weights": "ema",
+                                   "phase_name": self.cfg.phases[loop.phase].name, "source": source, **r})
+        tasks = self._task_evaluator()
+        if tasks is not None:  # downstream tasks beside held-out loss (eval.tasks)
+            for row in task_rows(tasks(loop.train.params), step=step, phase=loop.phase,
+                                 phase_name=self.cfg.phases[loop.phase].name):
+                self.writer.write(row)
         self.writer.flush()
         losses = {source: r["loss"] for source, r in results.items()}
         if announce:
-            self.bar.write(f"step {step} eval: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+            epochs = ", ".join(f"{n} {c['epochs']:.2f}" for n, c in loop.data.consumption().items())
+            self.bar.write(f"step {step} eval: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items())
+                           + f" | epochs seen: {epochs}")
         return losses
+
+    def _task_evaluator(self) -> TaskEvaluator | None:
+        """One per setup (the rows follow the phase's row length); None without eval.tasks."""
+        key = id(self.setup)
+        if key not in self._task_evaluators:
+            s = self.setup
+            self._task_evaluators[key] = TaskEvaluator.for_run(s.cfg, s.graphdef, s.param_shardings, s.mesh)
+        return self._task_evaluators[key]
 
     def _save(self, loop: LoopState) -> None:
         cfg = self.cfg
         step = int(loop.train.step)
-        meta = {"model": to_dict(cfg.model), "phase": loop.phase, "phase_name": cfg.phases[loop.phase].name,
+        meta = {"model": to_dict(self.setup.cfg.model), "phase": loop.phase, "phase_name": cfg.phases[loop.phase].name,
                 "phase_step": loop.phase_step, "data": loop.data.state(), "seed": cfg.seed,
                 "plan_hash": plan_fingerprint(cfg), "source": loop.source, "branch": loop.branch}
-        try:
-            self.ckpt.save(step, loop.train.params, loop.train.opt_state, meta)
-        except OSError as e:
-            raise UserError(f"saving checkpoint step {step} failed ({e}); the previous checkpoint "
-                            f"(step {self.ckpt.latest_step()}) is kept; free disk space and rerun to resume") from e
+        # A refused write (disk full, read-only) raises CheckpointError naming the step and the fix.
+        self.ckpt.save(step, loop.train.params, loop.train.opt_state, meta, ema=loop.train.ema)
 
 
 def train(cfg: RunConfig, **kwargs: Any) -> dict:
     return Trainer(cfg, **kwargs).run()
+
+
+def _normalised(mixture: dict) -> dict:
+    total = sum(mixture.values())
+    return {n: w / total for n, w in mixture.items() if w > 0}

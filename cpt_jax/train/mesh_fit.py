@@ -39,6 +39,10 @@ def run_batches(cfg: RunConfig) -> dict[str, int]:
     accum = cfg.optimizer.grad_accum
     key = "data.global_batch_size" if accum == 1 else "data.global_batch_size / optimizer.grad_accum"
     batches = {key: cfg.data.global_batch_size // accum}
+    for i, phase in enumerate(cfg.phases):  # phases may change the batch (a batch-size ramp)
+        rows = getattr(phase, "global_batch_size", None)
+        if rows:
+            batches[f"phases[{i}].global_batch_size" + ("" if accum == 1 else " / optimizer.grad_accum")] = rows // accum
     if cfg.eval.batch_size:
         batches["eval.batch_size"] = cfg.eval.batch_size
     return batches

@@ -22,6 +22,7 @@ class OptimizerConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     z_loss: float = 0.0  # weight of log(Z)^2, keeps logits from drifting (PaLM)
     grad_accum: int = 1  # micro-batches per step; the global batch is split evenly
+    ema_decay: float = 0.0  # keep an EMA of the weights (e.g. 0.999), evaluated and saved beside them; 0: off
     decay_norms_and_biases: bool = False  # also decay norm scales and biases (matched by name)
 
     def validate(self, path: str) -> None:
@@ -32,6 +33,7 @@ class OptimizerConfig:
         require(self.grad_clip >= 0, path, "grad_clip", "must be >= 0 (0 disables clipping)")
         require(self.z_loss >= 0, path, "z_loss", "must be >= 0")
         require(self.grad_accum >= 1, path, "grad_accum", "must be >= 1")
+        require(0 <= self.ema_decay < 1, path, "ema_decay", f"must be in [0, 1) (0: off), got {self.ema_decay}")
 
 
 def is_norm_or_bias(path: tuple) -> bool:

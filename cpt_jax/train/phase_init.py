@@ -19,6 +19,23 @@ from cpt_jax.model.config import ModelConfig
 from cpt_jax.model.params import check_compatible, init_params
 
 
+def missing_start_point(init: str, where: str) -> str | None:
+    """Why a phase's hf:/ckpt: start point cannot be read, or None."""
+    if init.startswith("hf:") and not Path(init[3:]).is_dir():
+        return f"{where}: Hugging Face folder {init[3:]} does not exist"
+    if init.startswith("ckpt:") and not Path(parse_ckpt_ref(init[5:])[0]).exists():
+        return f"{where}: checkpoint {parse_ckpt_ref(init[5:])[0]} does not exist"
+    return None
+
+
+def check_start_points(inits: list[str]) -> None:
+    """Before a fresh run writes anything: every phase's hf:/ckpt: start point exists."""
+    for i, init in enumerate(inits):
+        problem = missing_start_point(init, f"phases[{i}].init")
+        if problem:
+            raise UserError(f"{problem}; fix the path in the plan")
+
+
 def phase_start_params(init: str, model_cfg: ModelConfig, mesh, shardings, seed: int,
                        previous: Any, where: str) -> tuple[Any, dict | None]:
     """(parameters a phase starts from, placed on `shardings`; where they came from, for export:
@@ -56,9 +73,10 @@ def in_param_dtype(params: Any, model_cfg: ModelConfig, shardings: Any) -> Any:
 
 
 def run_checkpoint_start(init: str, carried: frozenset[str], model_cfg: ModelConfig, abstract_params: Any,
-                         abstract_opt: Any, where: str) -> tuple[Any, Any, dict]:
+                         abstract_opt: Any, where: str, from_ema: bool = False) -> tuple[Any, Any, dict]:
     """(params, optimizer state or None, the checkpoint's meta) of `ckpt:<run_dir>@<step>` for a
-    phase that carries more than parameters (a branch): read-only, so the parent run may still be
+    phase that carries more than parameters (a branch) or starts from the run's weight EMA
+    (from_ema: the EMA is returned as the params): read-only, so the parent run may still be
     training."""
     path, step = parse_ckpt_ref(init[5:])
     if not (Path(path) / "checkpoints").is_dir():
@@ -77,6 +95,11 @@ def run_checkpoint_start(init: str, carried: frozenset[str], model_cfg: ModelCon
             raise UserError(f"{where}: the optimizer state of {path}@{step} does not fit this run's optimizer "
                             f"({type(e).__name__}: {str(e)[:200]}); use the parent's optimizer settings "
                             "(clipping and weight decay on or off alike), or carry: params") from e
+        if from_ema:
+            params = ckpt.restore_ema(step, abstract_params)
+            if params is None:
+                raise UserError(f"{where}: {path}@{step} holds no weight EMA (its optimizer.ema_decay was 0); "
+                                "remove from_ema")
     finally:
         ckpt.close()
     if "data" in carried and not isinstance(meta.get("data"), dict):
@@ -84,9 +107,9 @@ def run_checkpoint_start(init: str, carried: frozenset[str], model_cfg: ModelCon
     return params, opt_state, meta
 
 
-def carried_stream_offsets(meta: dict, parent_dir: str, data_cfg: DataConfig, where: str) -> dict[str, int]:
-    """Each source's stream offset (tokens) in the parent run at the branch point. The streams
-    must be the same ones: same data seed, and each carried source defined alike in both runs."""
+def carried_stream_state(meta: dict, parent_dir: str, data_cfg: DataConfig, where: str) -> dict:
+    """The parent run's data iterator state at the branch point (each source's stream offset).
+    The streams must be the same ones: same data seed, and each source defined alike."""
     state = meta["data"]
     if state.get("seed") != data_cfg.seed:
         raise UserError(f"{where}: the parent run's data stream used data.seed {state.get('seed')} but this run "
@@ -100,4 +123,4 @@ def carried_stream_offsets(meta: dict, parent_dir: str, data_cfg: DataConfig, wh
             raise UserError(f"{where}: source {name!r} is defined differently than in the parent run "
                             f"{parent_dir}; its stream offsets would point into other documents: use the "
                             "parent's definition, or drop 'data' from carry")
-    return tokens
+    return state

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cpt_jax.checkpoint.run_checkpoint import CheckpointConfig, RunCheckpointer
+from cpt_jax.checkpoint.model_checkpoint import read_meta
 from cpt_jax.config.base import fingerprint, from_dict, to_dict
 from cpt_jax.errors import ConfigError, UserError
 from cpt_jax.schedules import lr_at
@@ -31,19 +31,15 @@ def phase_fingerprints(cfg: RunConfig) -> list[str]:
 def trained_progress(run_dir: str | Path) -> tuple[int, int] | None:
     """(phase, steps done in it) of the newest readable checkpoint of a run directory; None
     when it holds none (then no phase has started)."""
-    if not (Path(run_dir) / "checkpoints").is_dir():
-        return None
-    ckpt = RunCheckpointer(run_dir, CheckpointConfig(), read_only=True)
-    try:
-        for step in reversed(ckpt.steps()):
-            try:
-                meta = ckpt.read_meta(step)
-                return int(meta["phase"]), int(meta["phase_step"])
-            except Exception:  # noqa: BLE001 - a damaged step: the one before tells (restore skips it too)
-                continue
-        return None
-    finally:
-        ckpt.close()
+    directory = Path(run_dir) / "checkpoints"
+    steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
+    for step in reversed(steps):
+        try:
+            meta = read_meta(run_dir, step)
+            return int(meta["phase"]), int(meta["phase_step"])
+        except Exception:  # noqa: BLE001 - a damaged step: the one before tells (restore skips it too)
+            continue
+    return None
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -15,7 +15,11 @@ import yaml
 from cpt_jax.config.base import to_dict
 from cpt_jax.errors import CheckpointError
 from cpt_jax.train.config import RunConfig, plan_fingerprint
-from cpt_jax.train.plan_growth import check_plan_change, phase_fingerprints, trained_progress
+from cpt_jax.train.plan_growth import (
+    check_plan_change,
+    phase_fingerprints,
+    trained_progress,
+)
 
 # What a run writes into its directory (moved aside together by a new start).
 RUN_FILES = ("checkpoints", "corrupt-checkpoints", "metrics.jsonl", "tensorboard", "wandb", "config.yaml")

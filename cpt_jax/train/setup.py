@@ -56,13 +56,17 @@ class RunSetup:
                               lambda b: place_batch(b, self.batch_sharding))
 
 
-def build_setup(cfg: RunConfig, mesh: Mesh | None = None) -> RunSetup:
-    """Nothing is allocated or compiled here: jit compiles on the first call."""
+def build_setup(cfg: RunConfig, mesh: Mesh | None = None, phase: int = 0) -> RunSetup:
+    """The setup of one phase: its data and model sections with the phase's overrides (row length,
+    batch, RoPE settings; see RunConfig.phase_run) on the whole plan's schedule. Parameter shapes
+    are the same in every phase. Nothing is allocated or compiled here: jit compiles on the first
+    call."""
+    plan, cfg = cfg, cfg.phase_run(phase)
     mesh = mesh or make_mesh(cfg.mesh)
     check_run_fits_mesh(cfg, mesh)  # every size the mesh splits, before anything compiles
     pipe = DataPipeline(cfg.data, vocab_size=cfg.model.vocab_size)
     pipe.check(vocab_size=cfg.model.vocab_size, tokenizer=cfg.tokenizer or None)
-    steps, starts = cfg.phase_steps(), cfg.phase_starts()
+    steps, starts = plan.phase_steps(), plan.phase_starts()
     plan_schedule = build_plan_schedule([(p.name, p.schedule, n) for p, n in zip(cfg.phases, steps)])
     # A branch's phases are its own schedule, on a global clock that continues from its branch point.
     schedule = (lambda s: plan_schedule(s - cfg.base_step)) if cfg.base_step else plan_schedule
@@ -70,9 +74,9 @@ def build_setup(cfg: RunConfig, mesh: Mesh | None = None) -> RunSetup:
     p_shardings = param_shardings(cfg.model, mesh)
     tx = make_optimizer(cfg.optimizer)
     abstract = with_shardings(abstract_params(cfg.model), p_shardings)
-    shardings = train_state_shardings(tx, p_shardings, abstract, mesh)
+    shardings = train_state_shardings(tx, p_shardings, abstract, mesh, ema=cfg.optimizer.ema_decay > 0)
     abstract_opt = with_shardings(jax.eval_shape(tx.init, abstract), shardings.opt_state)
-    step_fn = make_train_step(graphdef, tx, schedule, cfg.optimizer, mesh)
+    step_fn = make_train_step(graphdef, tx, schedule, cfg.optimizer, mesh, num_sources=len(cfg.data.sources))
     return RunSetup(cfg=cfg, mesh=mesh, pipe=pipe, graphdef=graphdef, param_shardings=p_shardings,
                     abstract_params=abstract, tx=tx, shardings=shardings, abstract_opt=abstract_opt,
                     batch_sharding=batch_sharding(mesh), train_step=jit_train_step(step_fn, shardings, mesh),

@@ -14,7 +14,7 @@ from cpt_jax.train.optimizer import OptimizerConfig
 from cpt_jax.sharding.placement import BATCH_AXES, batch_sharding, replicated
 from cpt_jax.sharding.rules import logical_to_spec
 from cpt_jax.train.loss import loss_sums
-from cpt_jax.train.state import TrainState
+from cpt_jax.train.state import TrainState, ema_update
 
 
 def _forward_sums(graphdef, params, batch, z_loss, num_sources=0):
@@ -76,7 +76,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: Callab
         }
         if num_sources:
             metrics["source_nll"], metrics["source_tokens"] = sums["source_nll"], sums["source_tokens"]
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        ema = ema_update(state.ema, params, opt_cfg.ema_decay)
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema=ema), metrics
 
     return step_fn
 

@@ -18,15 +18,14 @@ from cpt_jax.tasks import PreparedTask, TaskConfig, load_task_tokenizer, pack_ro
 
 
 def make_loglik_step(graphdef, params_shardings, mesh: Mesh) -> Callable:
-    """(params, batch) -> {'ll': [B], 'greedy': [B]}: each row's summed log-probability of its
-    scored targets, and whether every scored target is the argmax (lm-eval's is_greedy)."""
+    """(params, batch) -> {'ll': [B]}: each row's summed log-probability of its scored targets
+    (fp32 log-softmax over the vocabulary, as lm-eval takes it)."""
     def fn(params, batch):
         logits = nnx.merge(graphdef, params)(batch["tokens"], batch["positions"], batch["segment_ids"])
         logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
         tok_lp = jnp.take_along_axis(logp, batch["targets"][..., None], axis=-1)[..., 0]
         mask = batch["score_mask"] != 0
-        hit = jnp.argmax(logits, axis=-1) == batch["targets"]
-        return {"ll": jnp.sum(jnp.where(mask, tok_lp, 0.0), axis=1), "greedy": jnp.all(hit | ~mask, axis=1)}
+        return {"ll": jnp.sum(jnp.where(mask, tok_lp, 0.0), axis=1)}
 
     return jax.jit(fn, in_shardings=(params_shardings, batch_sharding(mesh)), out_shardings=replicated(mesh))
 

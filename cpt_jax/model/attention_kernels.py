@@ -1,0 +1,98 @@
+"""Fused attention kernels that ship with JAX, with memory linear in sequence length and packed
+documents as segment ids (no [L, L] mask or bias is ever built):
+
+- "splash": the Pallas TPU splash-attention kernel (causal mask AND same segment; grouped-query
+  attention natively: its MHA mode maps query head i to kv head i // (H / K)).
+- "pallas_gpu": the Pallas GPU (Triton) flash-attention kernel with segment ids. It wants as
+  many kv heads as query heads, so kv heads are repeated ([B, L, H, D]: still linear in L).
+
+Pallas kernels are not partitioned by XLA, so under a mesh each runs per shard (shard_map over
+the batch and head axes the sharding rules give q, k and v). On CPU they run in Pallas
+interpret mode: slow, for tests only; `attention: auto` never picks them there.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from cpt_jax.errors import ConfigError
+from cpt_jax.sharding.rules import Sharder
+
+Q_AXES = ("batch", "length", "act_heads", None)
+KV_AXES = ("batch", "length", "act_kv_heads", None)
+SEGMENT_AXES = ("batch", "length")
+SPLASH_BLOCKS = (512, 256, 128)  # the kernel's lanes are 128 wide: blocks must be multiples of 128
+
+
+def _block(length: int, candidates: tuple[int, ...], kernel: str) -> int:
+    for b in candidates:
+        if length % b == 0:
+            return b
+    raise ConfigError("model.attention", f"{kernel!r} needs a sequence length that is a multiple of "
+                      f"{candidates[-1]}, got {length}; change the sequence length or choose another attention")
+
+
+@functools.lru_cache(maxsize=32)
+def _splash_kernel(heads: int, length: int, interpret: bool):
+    """Built once per shape: the kernel precomputes which blocks the causal mask skips."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_kernel as sk,
+    )
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_mask as sm,
+    )
+
+    b = _block(length, SPLASH_BLOCKS, "splash")
+    sizes = sk.BlockSizes(block_q=b, block_kv=b, block_kv_compute=b, block_q_dkv=b, block_kv_dkv=b,
+                          block_kv_dkv_compute=b, block_q_dq=b, block_kv_dq=b)
+    mask = sm.MultiHeadMask([sm.CausalMask((length, length)) for _ in range(heads)])
+    return sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+
+
+def splash(q, k, v, segment_ids, interpret: bool = False):
+    """q: [B, L, H, D]; k, v: [B, L, K, D]; segment_ids: [B, L] (one device's shard)."""
+    from jax.experimental.pallas.ops.tpu.splash_attention.splash_attention_kernel import (
+        SegmentIds,
+    )
+
+    kernel = _splash_kernel(q.shape[2], q.shape[1], interpret)
+    scale = q.shape[-1] ** -0.5
+
+    def one_row(q, k, v, seg):  # the kernel takes [heads, length, head_dim] without a batch axis
+        out = kernel((q * scale).astype(q.dtype).swapaxes(0, 1), k.swapaxes(0, 1), v.swapaxes(0, 1),
+                     SegmentIds(q=seg, kv=seg))
+        return out.swapaxes(0, 1)
+
+    return jax.vmap(one_row)(q, k, v, segment_ids)
+
+
+def pallas_gpu(q, k, v, segment_ids, interpret: bool = False):
+    from jax.experimental.pallas.ops.gpu import attention as gpu_attention
+
+    length = q.shape[1]
+    b = _block(length, (128, 64, 32, 16), "pallas_gpu")
+    sizes = gpu_attention.BlockSizes(block_q=b, block_k=b, block_q_dkv=b, block_kv_dkv=b, block_q_dq=b,
+                                     block_kv_dq=b)
+    group = q.shape[2] // k.shape[2]
+    k, v = (jnp.repeat(x, group, axis=2) if group > 1 else x for x in (k, v))
+    return gpu_attention.mha(q, k, v, segment_ids.astype(jnp.int32), sm_scale=q.shape[-1] ** -0.5, causal=True,
+                             block_sizes=sizes, interpret=interpret)
+
+
+KERNELS = {"splash": splash, "pallas_gpu": pallas_gpu}
+
+
+def fused_attention(name: str, q, k, v, segment_ids, sharder: Sharder | None = None,
+                    interpret: bool | None = None):
+    """Run kernel `name` on each device's shard (whole arrays without a mesh)."""
+    if interpret is None:
+        interpret = jax.default_backend() == "cpu"
+    kernel = functools.partial(KERNELS[name], interpret=interpret)
+    if sharder is None or sharder.mesh is None:
+        return kernel(q, k, v, segment_ids)
+    q_spec, kv_spec, seg_spec = (sharder.named(a).spec for a in (Q_AXES, KV_AXES, SEGMENT_AXES))
+    return jax.shard_map(kernel, mesh=sharder.mesh, in_specs=(q_spec, kv_spec, kv_spec, seg_spec),
+                         out_specs=q_spec, check_vma=False)(q, k, v, segment_ids)
