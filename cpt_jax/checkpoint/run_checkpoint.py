@@ -93,7 +93,8 @@ class RunCheckpointer:
     def save(self, step: int, params: Any, opt_state: Any, meta: dict, ema: Any = None) -> None:
         """Start a save (asynchronous when configured); returns once the device arrays are
         copied, so training can go on while orbax writes. ema: the weight EMA (item `ema`), if kept."""
-        self.check()
+        if self._pending is not None:  # orbax waits for the previous save anyway: confirm it first,
+            self.wait()  # so a failed earlier save is the one reported, not this one
         refused = _write_probe(self.directory)  # read-only or full already: orbax's threads would
         if refused is not None:  # wait minutes for a step directory that is never created
             raise self._save_failed(step, refused)
