@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from plan_fixtures import tiny_plan
+
 from cpt_jax.config.base import apply_overrides, from_dict
 from cpt_jax.errors import ConfigError, UserError
 from cpt_jax.report import load_run, write_report
@@ -18,19 +20,8 @@ from cpt_jax.train.metrics import read_jsonl
 MIXTURE = {"a": 0.3, "b": 0.7}  # 2.4 and 5.6 rows per batch: the row schedule must continue too
 STABLE = {"shape": "constant", "peak_lr": 3e-3, "warmup_steps": 2}
 COOLDOWN = {"shape": "linear", "peak_lr": 3e-3, "min_lr": 3e-4}
-PLAN = {
-    "model": {"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2,
-              "num_kv_heads": 1, "max_position_embeddings": 64},
-    "data": {"seq_len": 16, "global_batch_size": 8,
-             "sources": {"a": {"kind": "synthetic", "seed": 1, "num_docs": 64, "eval_docs": 4},
-                         "b": {"kind": "synthetic", "seed": 2, "num_docs": 64, "eval_docs": 4}}},
-    "mesh": {"data": 1, "fsdp": 8, "tensor": 1},
-    "checkpoint": {"every": 4, "keep_last": 10, "async_save": False},
-    "eval": {"every": 100, "batches": 1},
-    "log": {"every": 1, "tensorboard": False, "progress": False},
-    "phases": [{"name": "stable", "init": "scratch", "steps": 8, "mixture": MIXTURE,
-                "schedule": STABLE}],
-}
+PLAN = tiny_plan([{"name": "stable", "init": "scratch", "steps": 8, "mixture": MIXTURE,
+                "schedule": STABLE}], checkpoint_every=4)
 
 
 def cfg_of(run_dir, phases=None, *overrides) -> RunConfig:

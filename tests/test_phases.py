@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from plan_fixtures import tiny_plan
+
 from cpt_jax.config.base import apply_overrides, from_dict
 from cpt_jax.errors import UserError
 from cpt_jax.train.config import RunConfig
@@ -16,18 +18,7 @@ from cpt_jax.train.plan_growth import check_plan_change, phase_fingerprints
 
 INFINITE = {"shape": "infinite", "peak_lr": 3e-3, "warmup_steps": 2, "cooldown_steps": 2, "constant_lr": 1e-3}
 ANNEAL = {"shape": "linear", "peak_lr": 1e-3, "min_lr": 1e-4}
-PLAN = {
-    "model": {"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2,
-              "num_kv_heads": 1, "max_position_embeddings": 64},
-    "data": {"seq_len": 16, "global_batch_size": 8,
-             "sources": {"a": {"kind": "synthetic", "seed": 1, "num_docs": 64, "eval_docs": 4},
-                         "b": {"kind": "synthetic", "seed": 2, "num_docs": 64, "eval_docs": 4}}},
-    "mesh": {"data": 1, "fsdp": 8, "tensor": 1},
-    "checkpoint": {"every": 3, "keep_last": 10, "async_save": False},
-    "eval": {"every": 100, "batches": 1},
-    "log": {"every": 1, "tensorboard": False, "progress": False},
-    "phases": [{"name": "open", "init": "scratch", "steps": 6, "mixture": {"a": 1.0}, "schedule": INFINITE}],
-}
+PLAN = tiny_plan([{"name": "open", "init": "scratch", "steps": 6, "mixture": {"a": 1.0}, "schedule": INFINITE}], checkpoint_every=3)
 APPENDED = {"name": "anneal", "steps": 3, "mixture": {"a": 0.5, "b": 0.5}, "schedule": ANNEAL}
 
 
