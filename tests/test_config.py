@@ -105,3 +105,12 @@ def test_config_reference_is_up_to_date():
     from cpt_jax.cli.reference import run_config_reference
     shipped = Path(__file__).parent.parent.joinpath("configs", "REFERENCE.md").read_text()
     assert shipped == run_config_reference(), "run: python tools/gen_config_reference.py"
+
+
+@pytest.mark.parametrize("override, key", [("task_items=-1", "task_items"), ("dense_first=-3", "dense_first"),
+                                           ("dense_every=0", "dense_every")])
+def test_demo_refuses_impossible_task_and_dense_settings(override, key):
+    from cpt_jax.demo.config import PRESETS, DemoConfig
+
+    with pytest.raises(ConfigError, match=key):
+        from_dict(DemoConfig, apply_overrides(dict(PRESETS["default"]), [override]))

@@ -98,3 +98,20 @@ def test_the_loop_scores_tasks_at_every_eval_and_densely_early(trained):
     by_run = _eval(tmp, "run-again", tmp / "run")
     for key in ("acc", "acc_norm"):
         assert task[2][key] == by_run["tasks"]["mc"][key]
+
+
+def test_tasks_without_a_tokenizer_stop_before_the_run_dir_is_touched(tmp_path):
+    from cpt_jax.errors import ConfigError
+
+    tasks = tmp_path / "mc.jsonl"
+    tasks.write_text(json.dumps({"context": "a", "choices": ["b", "c"], "gold": 0}) + "\n")
+    plan = {"run_dir": str(tmp_path / "run"),
+            "model": {"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2,
+                      "max_position_embeddings": 64},
+            "data": {"seq_len": 16, "global_batch_size": 8, "sources": {"a": {"kind": "synthetic"}}},
+            "eval": {"tasks": [{"name": "mc", "path": str(tasks)}]},
+            "phases": [{"name": "p", "init": "scratch", "steps": 2, "mixture": {"a": 1.0},
+                        "schedule": {"shape": "constant", "peak_lr": 1e-3}}]}
+    with pytest.raises(ConfigError, match="tokenizer"):
+        Trainer(from_dict(RunConfig, plan), progress=False)
+    assert not (tmp_path / "run").exists()

@@ -37,6 +37,10 @@ class DemoConfig:
                     "cpt_steps", "eval_every", "eval_batches"):
             require(getattr(self, key) > 0, path, key, "must be positive")
         require(0 < self.replay < 1, path, "replay", "must be in (0, 1)")
+        for key in ("dense_first", "dense_every", "task_items"):
+            require(getattr(self, key) >= 0, path, key, f"must be >= 0 (0 turns it off), got {getattr(self, key)}")
+        require((self.dense_first > 0) == (self.dense_every > 0), path, "dense_every",
+                "set dense_first and dense_every together (both 0 turns dense evaluation off)")
         require(round(self.replay * self.batch_size) >= 1, path, "batch_size",
                 f"replay {self.replay} of {self.batch_size} rows rounds to 0 rows; raise batch_size")
 

@@ -90,6 +90,7 @@ class Trainer:
         self._start_states: dict[int, dict] = {}  # data iterator state at step 0 of each phase
         self._task_evaluators: dict[int, TaskEvaluator | None] = {}  # per setup, built on first use
         self._use_phase(0)
+        self._task_evaluator()  # bad task files or a missing tokenizer stop here, before the run dir is touched
         self.process_count = jax.process_count()
         self.is_writer = jax.process_index() == 0
         self.peak, self.peak_source = device_peak_flops()
