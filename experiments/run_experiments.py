@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE))
 import corpora  # noqa: E402
 
 from cpt_jax.config.base import from_dict  # noqa: E402
-from cpt_jax.report import load_run  # noqa: E402
+from cpt_jax.report import load_run, stability_gaps  # noqa: E402
 from cpt_jax.report.mixture_law import fit_mixture, fit_to_dict, format_fit, plot_fit  # noqa: E402
 from cpt_jax.train.config import RunConfig  # noqa: E402
 from cpt_jax.train.loop import train  # noqa: E402
@@ -335,11 +335,10 @@ def exp4_schedules(suite: Suite) -> dict:
 
 
 def gap(run_dir: Path, source: str) -> dict:
-    steps, losses = evals(run_dir, source)
-    start = losses[0]
-    worst = int(np.argmax(losses))
-    back = next((int(steps[i] - steps[0]) for i in range(worst + 1, len(losses)) if losses[i] <= start), None)
-    return {"rise": float(losses[worst] - start), "worst_step": int(steps[worst] - steps[0]), "recovered": back}
+    """The report's stability gap of the run's (one) phase for `source`, in steps of the phase."""
+    g = next(g for g in stability_gaps(load_run(run_dir)) if g.source == source)
+    return {"rise": g.gap, "worst_step": g.worst_step - g.start_step,
+            "recovered": None if g.recovered_step is None else g.recovered_step - g.start_step}
 
 
 def exp5_gap(suite: Suite) -> dict:
