@@ -194,13 +194,16 @@ def save_model_checkpoint(out_dir: str | Path, params: Any, model_cfg: ModelConf
     out = Path(out_dir).absolute()
     check_output_dir(out, overwrite)
     with staged_output(out) as tmp:
-        # The same files StandardSave writes (StandardRestore reads them), through the handler that
-        # can bound host copies: by default orbax copies every array to host at once, which for
-        # parameters already in host memory (an import without a mesh) doubles the peak.
-        # orbax refuses an array larger than the bound, so it is at least the largest array.
+        # The files StandardSave writes (StandardRestore reads them), through a handler that bounds
+        # host copies (by default orbax copies every array to host at once; orbax refuses a bound
+        # below the largest array) and leaves arrays uncompressed: tensorstore then writes straight
+        # from the array, where zstd first encoded a second copy of it. Parameters already in host
+        # memory (an import without a mesh) are written with no extra memory, not +0.3-0.5 GB per
+        # GB (benchmarks/RESULTS.md section 3a); random-like fp32 weights compress by under 10%.
         largest = (max((x.nbytes for x in jax.tree.leaves(params)), default=0) + 4096) / 1e9
         bound = max(SAVE_HOST_GB if host_gb is None else host_gb, largest)
-        bounded = ocp.PyTreeCheckpointHandler(save_device_host_concurrent_gb=bound, save_concurrent_gb=bound)
+        bounded = ocp.PyTreeCheckpointHandler(save_device_host_concurrent_gb=bound, save_concurrent_gb=bound,
+                                              use_compression=False)
         handlers = {"params": bounded, "meta": ocp.JsonCheckpointHandler()}
         mngr = ocp.CheckpointManager(tmp, item_names=ITEMS, item_handlers=handlers)
         meta = {**meta_extra, "model": to_dict(model_cfg), "format": FORMAT}

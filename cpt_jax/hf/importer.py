@@ -66,10 +66,21 @@ def check_tensors(hf_dir: Path, files: dict[str, Path], cfg: ModelConfig) -> lis
     return wanted
 
 
+def aligned_empty(shape: tuple, dtype, alignment: int = 64) -> np.ndarray:
+    """np.empty on a 64-byte boundary (numpy guarantees 16). XLA:CPU adopts such a buffer as a
+    device array without copying it, so on a CPU device a converted tensor becomes the parameter
+    itself: an import holds the model plus the tensor being read, not plus two copies of it."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + alignment, np.uint8)
+    start = -raw.ctypes.data % alignment
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
 def host_tensor(m: Mapping, tensor: MappedTensor, dtype) -> np.ndarray:
     """The tensor in cpt_jax's layout and `dtype`: one array, written through its HF-layout view
     straight from the file (dtype converted, transposed on the way) block by block."""
-    out = np.empty(m.to_jax(np.empty(m.hf_shape, np.bool_)).shape, dtype)
+    out = aligned_empty(m.to_jax(np.empty(m.hf_shape, np.bool_)).shape, dtype)
     hf_view = m.to_hf(out)
     if np.shares_memory(hf_view, out):
         tensor.copy_to(hf_view)
@@ -158,6 +169,7 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, *, dtype: str = "float32"
     # Without a mesh: the first device (an accelerator if there is one), not a host copy.
     shardings = param_shardings(cfg, mesh) if mesh is not None else one_device_shardings(cfg, jax.devices()[0])
     cfg, params, source = load_hf_params(hf_dir, None, shardings, dtype=dtype, progress=progress)
-    # One tensor's host copy in flight while orbax writes (the smallest bound it accepts).
+    # One array's host copy in flight while orbax writes from an accelerator (the smallest bound
+    # it accepts); on a CPU device the arrays are host memory and are written in place.
     return save_model_checkpoint(out, params, cfg, {"source": source}, tokenizer_dir=hf_dir, overwrite=overwrite,
                                  host_gb=0.0)
