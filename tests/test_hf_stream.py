@@ -94,3 +94,6 @@ def test_same_values_on_one_device_and_on_a_mesh(models):
     for a, b, s in zip(jax.tree.leaves(single), jax.tree.leaves(sharded), jax.tree.leaves(param_shardings(cfg, mesh))):
         assert b.sharding == s
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        # Replicas own their memory: an in-place update on one device must not reach another.
+        pointers = [shard.data.unsafe_buffer_pointer() for shard in b.addressable_shards]
+        assert len(set(pointers)) == len(pointers)

@@ -91,8 +91,12 @@ def host_tensor(m: Mapping, tensor: MappedTensor, dtype) -> np.ndarray:
 
 def place_tensor(host: np.ndarray, sharding) -> jax.Array:
     """One tensor into its shards: each addressable device gets its block of `host` (on several
-    hosts each process places only what its devices hold)."""
-    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+    hosts each process places only what its devices hold). On one CPU device the shard is `host`
+    itself (aligned_empty); on several each gets a copy, as XLA:CPU would otherwise alias one
+    buffer into every replica."""
+    shared = len(sharding.device_set) > 1
+    return jax.make_array_from_callback(host.shape, sharding,
+                                        lambda index: np.array(host[index]) if shared else host[index])
 
 
 class StackedLeaf:
