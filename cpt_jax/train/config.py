@@ -262,10 +262,12 @@ def plan_fingerprint(cfg: RunConfig) -> str:
 
 
 def plan_dict(cfg: RunConfig) -> dict:
-    """The plain form of a plan as runs compare it. The layer layout (model.scan_layers) is how
-    the model compiles, not what it trains: checkpoint restores convert it, so it may change."""
+    """The plain form of a plan as runs compare it. The layer layout (model.scan_layers, and
+    scan_unroll) is how the model compiles, not what it trains: checkpoint restores convert it,
+    so it may change."""
     plain = to_dict(cfg)
     plain["model"].pop("scan_layers", None)
+    plain["model"].pop("scan_unroll", None)
     return plain
 
 
