@@ -14,6 +14,10 @@ same process; the repetitions of the two alternate so that load from other users
 host lands on both. Times are medians over repetitions after warm-up; JAX compile time is
 reported separately.
 
+Host memory: as `cpt-jax train` does by default (keep_host_memory), the process's glibc malloc
+keeps freed memory before JAX starts (cpt_jax/host_memory.py; `--host-memory system` to compare).
+The setting is process-wide, so the torch baseline runs under it too.
+
 MFU = tokens/s x ModelConfig.flops_per_token(seq_len) / peak, where flops_per_token is the
 standard count 6 N_non-embedding + 12 n_layers seq_len d_attn. Peak: on GPU/TPU the vendor's
 dense bf16 figure (cpt_jax.train.mfu.device_peak_flops); on CPU the best measured rate of a
