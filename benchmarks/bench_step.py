@@ -14,6 +14,10 @@ same process; the repetitions of the two alternate so that load from other users
 host lands on both. Times are medians over repetitions after warm-up; JAX compile time is
 reported separately.
 
+Host memory: as `cpt-jax train` does by default (keep_host_memory), the process's glibc malloc
+keeps freed memory before JAX starts (cpt_jax/host_memory.py; `--host-memory system` to compare).
+The setting is process-wide, so the torch baseline runs under it too.
+
 MFU = tokens/s x ModelConfig.flops_per_token(seq_len) / peak, where flops_per_token is the
 standard count 6 N_non-embedding + 12 n_layers seq_len d_attn. Peak: on GPU/TPU the vendor's
 dense bf16 figure (cpt_jax.train.mfu.device_peak_flops); on CPU the best measured rate of a
@@ -48,6 +52,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+from cpt_jax.host_memory import keep_freed_memory  # noqa: E402
 from cpt_jax.model.config import ModelConfig, RopeScalingConfig  # noqa: E402
 from cpt_jax.train.optimizer import OptimizerConfig  # noqa: E402
 from cpt_jax.sharding import MeshConfig, make_mesh  # noqa: E402
@@ -463,16 +468,17 @@ def print_profile(prof: dict) -> None:
             print(f"  {row['s']:7.3f} s {100 * row['share']:5.1f}%  {row['op']}", file=sys.stderr)
 
 
-def parse_args(accelerator: bool) -> argparse.Namespace:
-    d = ACCEL_DEFAULTS if accelerator else CPU_DEFAULTS
+def parse_args() -> argparse.Namespace:
+    """Per-backend defaults are filled in by `backend_defaults`: the backend cannot be asked
+    before the host-memory setting is applied."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="JSON file to write the results to")
-    p.add_argument("--sizes", default=d["sizes"], help=f"comma-separated, from {', '.join(SIZES)}")
-    p.add_argument("--seq", default=d["seq"], help="comma-separated sequence lengths")
+    p.add_argument("--sizes", help=f"comma-separated, from {', '.join(SIZES)}")
+    p.add_argument("--seq", help="comma-separated sequence lengths")
     p.add_argument("--batch", type=int, default=0, help="rows per step (0: per-size default)")
-    p.add_argument("--remat", default=d["remat"], help="comma-separated: none, full, dots, dots_no_batch")
-    p.add_argument("--attention", default=d["attention"], help="comma-separated: auto, blocked, xla, cudnn, splash, pallas_gpu")
-    p.add_argument("--dtype", default=d["dtype"], choices=["float32", "bfloat16"], help="compute dtype")
+    p.add_argument("--remat", help="comma-separated: none, full, dots, dots_no_batch")
+    p.add_argument("--attention", help="comma-separated: auto, blocked, xla, cudnn, splash, pallas_gpu")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype")
     p.add_argument("--reps", type=int, default=5, help="timed repetitions per framework")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
     p.add_argument("--max-foreign", type=float, default=0.15,
@@ -483,18 +489,31 @@ def parse_args(accelerator: bool) -> argparse.Namespace:
     p.add_argument("--no-torch", dest="torch", action="store_false", help="skip the transformers baseline")
     p.add_argument("--profile", default="", help="instead of timing: profile the first case, traces into this dir")
     p.add_argument("--profile-steps", type=int, default=3, help="steps in the profiled window")
-    args = p.parse_args()
+    p.add_argument("--host-memory", default="keep", choices=["keep", "system"],
+                   help="keep (default, as `cpt-jax train` with keep_host_memory): glibc keeps freed memory; "
+                        "system: glibc's defaults. Process-wide, so torch runs under the same setting")
+    return p.parse_args()
+
+
+def backend_defaults(args: argparse.Namespace, accelerator: bool) -> argparse.Namespace:
+    d = ACCEL_DEFAULTS if accelerator else CPU_DEFAULTS
+    for key, value in d.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if accelerator and args.torch:
         args.torch = False  # the baseline is the CPU torch build; on an accelerator only cpt_jax runs
     return args
 
 
 def main() -> int:
+    args = parse_args()
+    # Before jax.default_backend() starts XLA's threads, as the trainer does (cpt_jax/host_memory.py).
+    kept = args.host_memory == "keep" and keep_freed_memory()
     accelerator = jax.default_backend() != "cpu"
-    args = parse_args(accelerator)
+    args = backend_defaults(args, accelerator)
     threads = usable_cores()
     t0 = time.perf_counter()
-    env = environment()
+    env = {**environment(), "host_memory_kept": kept}
     cases = build_cases(args, accelerator)
     if args.profile:
         result = {"bench": "step-profile", "environment": env, "profile": run_profile(cases[0], args, threads)}

@@ -40,6 +40,8 @@ def test_valid_config_builds():
     (["optimizer.grad_accum=3"], "optimizer.grad_accum", "must divide"),
     (["mesh.data=0"], "mesh.data", ">= 1"),
     (["data.seq_len=5000"], "data.seq_len", "max_position_embeddings"),
+    (["model.scan_unroll=-1"], "model.scan_unroll", "must be >= 0"),
+    (["keep_host_memory=maybe"], "keep_host_memory", "expected"),
 ])
 def test_bad_values_name_the_key(override, key, words):
     with pytest.raises(ConfigError) as err:

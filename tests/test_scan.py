@@ -98,6 +98,27 @@ def test_scanned_equals_unrolled_logits_and_grads(family, remat):
     assert max(float(jnp.abs(g).max()) for _, g in flat_u) > 1e-3  # the gradients are not all zero
 
 
+@pytest.mark.parametrize("unroll,remat", [(1, "none"), (2, "none"), (0, "none"), (2, "dots")])
+def test_every_scan_unroll_is_the_same_function(unroll, remat):
+    """A loop of one block (the deep-model default), two blocks with a remainder (3 layers), and
+    no loop (the shallow-model default) compute what the unrolled stack does."""
+    unrolled_cfg = cfg_of(False, remat=remat)
+    scanned_cfg = cfg_of(True, remat=remat, scan_unroll=unroll)
+    params = random_unrolled(unrolled_cfg)
+    batch = packed_batch(unrolled_cfg)
+    logits_u, grads_u = logits_and_grads(unrolled_cfg, params, batch)
+    logits_s, grads_s = logits_and_grads(scanned_cfg, stack_layers(params), batch)
+    np.testing.assert_allclose(logits_s, logits_u, atol=1e-5, rtol=1e-5)
+    jax.tree.map(lambda s, u: np.testing.assert_allclose(s, u, atol=1e-5, rtol=1e-5), unstack_layers(grads_s), grads_u)
+
+
+def test_scan_unroll_default_unrolls_only_shallow_models():
+    assert ModelConfig(num_layers=4).layers_per_scan_iteration == 4
+    assert ModelConfig(num_layers=5).layers_per_scan_iteration == 1
+    assert ModelConfig(num_layers=32, scan_unroll=0).layers_per_scan_iteration == 32
+    assert ModelConfig(num_layers=2, scan_unroll=1).layers_per_scan_iteration == 1
+
+
 def test_layouts_convert_both_ways_and_address_layers():
     cfg = cfg_of(False, **FAMILIES["qwen2"])
     params = random_unrolled(cfg)

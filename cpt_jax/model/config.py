@@ -14,6 +14,7 @@ DType = Literal["float32", "bfloat16", "float16"]
 DTYPE_NAMES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16",
                "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 Remat = Literal["none", "full", "dots", "dots_no_batch"]
+UNROLL_ALL_MAX_LAYERS = 4  # scan_unroll null: models this shallow run their scanned layers without a loop
 
 
 def canonical_dtype(name: str, what: str = "dtype") -> str:
@@ -79,6 +80,7 @@ class ModelConfig:
     dtype: DType = "float32"  # compute dtype
     remat: Remat = "none"  # rematerialise each block: none, full, or keep matmul outputs (dots)
     scan_layers: bool = True  # one scanned block over stacked weights: compile time independent of depth
+    scan_unroll: Optional[int] = None  # scan_layers: blocks per loop iteration; 0: all (no loop); null: auto
     attention: Literal["auto", "blocked", "xla", "cudnn", "splash", "pallas_gpu"] = "auto"  # auto: blocked (CPU), splash (TPU), pallas_gpu (GPU)
     initializer_range: float = 0.02  # std of the normal init (scratch runs)
 
@@ -89,6 +91,17 @@ class ModelConfig:
     @property
     def dim_per_head(self) -> int:
         return self.head_dim or self.hidden_size // self.num_heads
+
+    @property
+    def layers_per_scan_iteration(self) -> int:
+        """Blocks in one iteration of the scanned loop (scan_unroll; None: every block of a model
+        with at most UNROLL_ALL_MAX_LAYERS, else one). The parameters stay stacked either way.
+        Without the loop a shallow model's step runs 3-6% faster on CPU (no dynamic slices of the
+        stacked weights, no per-layer gradient updates in place) and compiles no slower; deep
+        models keep one block per iteration, so compile time does not grow with depth."""
+        if self.scan_unroll is not None:
+            return self.scan_unroll or self.num_layers
+        return self.num_layers if self.num_layers <= UNROLL_ALL_MAX_LAYERS else 1
 
     def validate(self, path: str) -> None:
         for key in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -106,6 +119,8 @@ class ModelConfig:
         require(self.rope_theta > 0, path, "rope_theta", "must be positive")
         require(self.rms_norm_eps > 0, path, "rms_norm_eps", "must be positive")
         require(self.initializer_range > 0, path, "initializer_range", "must be positive")
+        require(self.scan_unroll is None or self.scan_unroll >= 0, path, "scan_unroll",
+                f"must be >= 0 (0: every layer in one iteration) or null (automatic), got {self.scan_unroll}")
 
     def num_params(self, include_embeddings: bool = True) -> int:
         d, h, kv, hd = self.hidden_size, self.num_heads, self.kv_heads, self.dim_per_head

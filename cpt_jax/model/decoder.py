@@ -91,7 +91,8 @@ class Decoder(nnx.Module):
 
     def _scanned(self, x, positions, segment_ids):
         """lax.scan over the stacked weights; each iteration rebuilds one Block from its slice.
-        The remat policy wraps the body, so it applies per layer as in the unrolled model."""
+        The remat policy wraps the body, so it applies per layer as in the unrolled model. With
+        `unroll`, an iteration runs several blocks (all of them: no loop at all)."""
         graphdef, stacked = nnx.split(self.layers)
 
         def body(carry, layer_state):
@@ -99,5 +100,5 @@ class Decoder(nnx.Module):
 
         if self.cfg.remat != "none":
             body = jax.checkpoint(body, policy=REMAT_POLICIES[self.cfg.remat], prevent_cse=False)
-        x, _ = jax.lax.scan(body, x, stacked)
+        x, _ = jax.lax.scan(body, x, stacked, unroll=self.cfg.layers_per_scan_iteration)
         return x

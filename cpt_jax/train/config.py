@@ -162,6 +162,7 @@ class RunConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)  # jax.distributed (several hosts)
     tokenizer: str = ""  # sentencepiece .model or tokenizer.json; empty for synthetic data
     seed: int = 0  # parameter init (scratch phases)
+    keep_host_memory: bool = True  # glibc malloc keeps freed memory: no page faults per CPU step (host_memory.py)
 
     @property
     def tokens_per_step(self) -> int:
@@ -252,7 +253,7 @@ class RunConfig:
 
 # Config sections that may change between a run and its resumption (a different mesh or
 # cadence does not change what is trained); everything else is "the plan".
-RESUMABLE_CHANGES = ("mesh", "distributed", "log", "checkpoint", "eval", "run_dir")
+RESUMABLE_CHANGES = ("mesh", "distributed", "log", "checkpoint", "eval", "run_dir", "keep_host_memory")
 
 
 def plan_fingerprint(cfg: RunConfig) -> str:
@@ -261,10 +262,12 @@ def plan_fingerprint(cfg: RunConfig) -> str:
 
 
 def plan_dict(cfg: RunConfig) -> dict:
-    """The plain form of a plan as runs compare it. The layer layout (model.scan_layers) is how
-    the model compiles, not what it trains: checkpoint restores convert it, so it may change."""
+    """The plain form of a plan as runs compare it. The layer layout (model.scan_layers, and
+    scan_unroll) is how the model compiles, not what it trains: checkpoint restores convert it,
+    so it may change."""
     plain = to_dict(cfg)
     plain["model"].pop("scan_layers", None)
+    plain["model"].pop("scan_unroll", None)
     return plain
 
 
