@@ -150,6 +150,9 @@ def initialize(cfg: DistributedConfig, environ: Mapping[str, str] | None = None)
         if _is_loopback(host):
             # A loopback coordinator serves this machine only: don't listen on every interface.
             kwargs["coordinator_bind_address"] = cfg.coordinator
+    # JAX's preemption notifier takes SIGTERM and agrees on the step to save (the train loop asks
+    # its sync point every step); on by default in JAX, set here because the loop relies on it.
+    jax.config.update("jax_enable_preemption_service", True)
     with _watchdog(cfg):
         try:
             jax.distributed.initialize(**kwargs)

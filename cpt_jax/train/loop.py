@@ -41,14 +41,19 @@ from cpt_jax.train.task_eval import TaskEvaluator, task_rows
 
 
 @contextmanager
-def stop_requests():
-    """SIGTERM/SIGINT set a flag; the loop finishes the step, saves and exits cleanly."""
+def stop_requests(preemption_service: bool = False):
+    """SIGTERM/SIGINT set a flag; the loop finishes the step, saves and exits cleanly.
+
+    preemption_service (several processes): SIGTERM is left to JAX's preemption notifier, which
+    jax.distributed installed; the hosts agree on the step to save through its sync point, which
+    the loop asks at every step (`_stop_requested`)."""
     flag = {"signal": None}
 
     def handler(signum, _frame):
         flag["signal"] = signal.Signals(signum).name
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    caught = (signal.SIGINT,) if preemption_service else (signal.SIGTERM, signal.SIGINT)
+    old = {s: signal.signal(s, handler) for s in caught}
     try:
         yield flag
     finally:
@@ -163,7 +168,7 @@ class Trainer:
                            f"{cfg.phases[loop.phase].name!r}, step {loop.phase_step}/{setup.steps[loop.phase]})")
         self.summary = {"run_dir": str(cfg.run_dir), "peak_flops_source": self.peak_source, "phases": []}
         try:
-            with stop_requests() as stop:
+            with stop_requests(preemption_service=self.process_count > 1) as stop:
                 while loop.phase < len(cfg.phases):
                     if loop.phase_step >= setup.steps[loop.phase]:  # a finished phase: move on
                         loop.phase, loop.phase_step = loop.phase + 1, 0
@@ -291,7 +296,7 @@ class Trainer:
             due = hooks.due(info)
             # Due hooks are sync points: every process reaches them at the same step, so a stop
             # request is agreed there (at the log cadence at the latest).
-            why = self._stop_requested(stop, bool(due))
+            why = self._stop_requested(stop, bool(due), step)
             if why:
                 info = StepInfo(**{**info.__dict__, "stopping": True})
                 due = hooks.due(info)
@@ -316,12 +321,18 @@ class Trainer:
         self.summary["phases"].append({"phase": pc.name, "end_step": start + n, "data": it.state()})
         return False
 
-    def _stop_requested(self, stop: dict, sync_point: bool) -> str | None:
+    def _stop_requested(self, stop: dict, sync_point: bool, step: int) -> str | None:
         """Why to stop after this step, the same answer on every process. A signal reaches each
-        process at a different step and saving is collective, so several processes agree at sync
-        points (every log.every steps at the latest), where the host waits for the device anyway."""
+        process at a different step and saving is collective. SIGTERM (preemption) is agreed at
+        every step through JAX's preemption sync point: the hosts stop together at most two
+        steps after the notice, whatever log.every is. SIGINT (Ctrl-C) is agreed at sync points
+        (every log.every steps at the latest), where the host waits for the device anyway."""
         if self.process_count == 1:
             return f"{stop['signal']} received" if stop["signal"] else None
+        from jax.experimental import multihost_utils
+
+        if multihost_utils.reached_preemption_sync_point(step):  # cheap: a local flag until a notice
+            return "preemption notice (SIGTERM) agreed by all processes"
         if not sync_point:
             return None
         who = processes_where(stop["signal"] is not None)
