@@ -22,6 +22,7 @@ class RunRecord:
     evals: list[dict]
     tasks: list[dict] = field(default_factory=list)  # kind "task" rows: {"task", "step", "acc", ...}
     branch: tuple[str, int] | None = None  # (parent run dir, step) of a branch; its steps continue from there
+    times: list[dict] = field(default_factory=list)  # kind "time" rows: where the wall time went (train/goodput.py)
 
     @property
     def boundaries(self) -> list[tuple[int, str]]:
@@ -66,4 +67,5 @@ def load_run(path: str | Path, label: str | None = None) -> RunRecord:
                      train=[r for r in records if r.get("kind") == "train"],
                      evals=[r for r in records if r.get("kind") == "eval" and r.get("weights") != "ema"],
                      tasks=[r for r in records if r.get("kind") == "task"],
+                     times=[r for r in records if r.get("kind") == "time"],
                      branch=(branch["parent"], int(branch["step"])) if branch else None)

@@ -10,6 +10,7 @@ from cpt_jax.report.curves import plot_compare, plot_run
 from cpt_jax.report.runs import load_run
 from cpt_jax.report.stability import stability_table
 from cpt_jax.report.tables import data_table, phase_table
+from cpt_jax.train.goodput import format_goodput, goodput
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,9 @@ def write_report(run_dirs: list[str], out: str | Path | None = None, labels: lis
     if len(runs) > 1:
         written.append(plot_compare(runs, out / "compare.png"))
     table = (phase_table(runs) + "\nStability gap (worst held-out loss after each phase start):\n\n"
-             + stability_table(runs) + "\nData per phase (shares of rows and epochs seen):\n\n" + data_table(runs))
+             + stability_table(runs) + "\nData per phase (shares of rows and epochs seen):\n\n" + data_table(runs)
+             + "".join(f"\nGoodput of {r.label} (wall time by category, every invocation; see "
+                       f"cpt_jax/train/goodput.py):\n\n" + format_goodput(goodput(r.times)) for r in runs))
     (out / "heldout.md").write_text("# Held-out loss per domain\n\n" + table)
     written.append(out / "heldout.md")
     return Report(tables=table, written=written)

@@ -36,6 +36,7 @@ from cpt_jax.train.phase_init import (carried_stream_state, check_start_points, 
 from cpt_jax.train.run_dir import check_fresh_start, holds_checkpoints, prepare_run_dir
 from cpt_jax.train.setup import RunSetup, build_setup
 from cpt_jax.train.freeze import carry_opt_state
+from cpt_jax.train.goodput import Clock
 from cpt_jax.train.state import TrainState, init_opt_state, new_train_state, start_ema
 from cpt_jax.train.task_eval import TaskEvaluator, task_rows
 
@@ -105,6 +106,8 @@ class Trainer:
         self.writer: MetricsWriter | None = None
         self.bar: Progress | None = None
         self.summary: dict = {}
+        self.clock = Clock()  # where the wall time goes (train/goodput.py); restarted by run()
+        self._stepped: set[int] = set()  # setups whose train step has compiled (ran once)
 
     def _setup_for(self, phase: int) -> RunSetup:
         """The setup of `phase` (its row length, batch and RoPE settings); phases that share them
@@ -146,6 +149,7 @@ class Trainer:
     # ----------------------------------------------------------------- the run
     def run(self) -> dict:
         cfg, setup = self.cfg, self.setup
+        self.clock = Clock()
         if self.force_new or not holds_checkpoints(cfg.run_dir):  # a fresh start: its inputs exist?
             check_start_points([p.init for p in cfg.phases])
         prepare_run_dir(cfg, self.force_new, self.is_writer)
@@ -178,10 +182,13 @@ class Trainer:
                         self._enter_phase(loop)
                     if self._run_phase(loop, stop):
                         return self.summary
-            self.ckpt.wait()
+            with self.clock.measure("checkpoint"):
+                self.ckpt.wait()
             self.summary["final_step"] = int(loop.train.step)
             return self.summary
         finally:
+            if loop.train is not None:
+                self._write_time(int(loop.train.step))
             self.bar.close()
             self.writer.close()
             self.ckpt.close()
@@ -239,7 +246,8 @@ class Trainer:
                                          freeze=setup.freeze)
         self.bar.write(f"phase {loop.phase} {pc.name!r}: {setup.steps[loop.phase]} steps from {pc.init} "
                        f"(carry {'+'.join(p for p in ('params', 'optimizer', 'data') if p in pc.carried)})")
-        self._evaluate(loop, setup.starts[loop.phase])
+        with self.clock.measure("eval"):
+            self._evaluate(loop, setup.starts[loop.phase])
 
     def _carried_opt_state(self, loop: LoopState) -> Any:
         """The optimizer state a phase carries from the phase before; where the phase freezes
@@ -279,16 +287,23 @@ class Trainer:
             self.bar.write(f"mixture: {setup.pipe.plan(pc.mixture).describe()}")
         pending = PendingMetrics()
         hooks = self._hooks(loop, pending)
+        clock = self.clock
         while loop.phase_step < n:
-            batch = to_global_batch(next(it), setup.batch_sharding, rows)
-            loop.train, metrics = setup.train_step(loop.train, batch)
-            if pending.steps:
-                # One step in flight at most: enough to overlap host work with the device, and it
-                # bounds host memory (and avoids XLA:CPU collective stalls with fake devices).
-                jax.block_until_ready(pending.steps[-1][2])
+            if not self._stepped:
+                clock.mark_startup()
+            with clock.measure("data"):
+                batch = to_global_batch(next(it), setup.batch_sharding, rows)
+            with clock.measure("step" if id(setup) in self._stepped else "compile"):
+                loop.train, metrics = setup.train_step(loop.train, batch)
+                if pending.steps:
+                    # One step in flight at most: enough to overlap host work with the device, and it
+                    # bounds host memory (and avoids XLA:CPU collective stalls with fake devices).
+                    jax.block_until_ready(pending.steps[-1][2])
+            self._stepped.add(id(setup))
             self.ckpt.check()  # a background save that failed (disk full) stops the run here
             loop.phase_step += 1
             step = start + loop.phase_step
+            clock.stepped(step)
             pending.steps.append((step, loop.phase_step, metrics))
             pending.tokens += rows * cfg.data.seq_len
             info = StepInfo(step=step, phase=loop.phase, phase_step=loop.phase_step, phase_end=loop.phase_step == n,
@@ -303,9 +318,11 @@ class Trainer:
             if due:  # metrics first: no checkpoint or eval of a state whose loss was non-finite
                 self._log(loop, pending)
             for hook in due:
-                hook.fn(info)
+                with clock.measure(hook.name if hook.name in ("eval", "checkpoint") else "other"):
+                    hook.fn(info)
             if why:
-                self.ckpt.wait()
+                with clock.measure("checkpoint"):
+                    self.ckpt.wait()
                 self.bar.write(f"{why}: saved step {step}; rerun the same command to resume")
                 self.summary["stopped_at"] = step
                 return True
@@ -367,8 +384,14 @@ class Trainer:
         m = fetched[-1]
         self.bar.update(len(pending.steps), {"phase": name, "loss": f"{m['loss']:.4f}", "lr": f"{m['lr']:.2e}",
                                              "tok/s": f"{tok_s:,.0f}", "mfu": f"{mfu:.1%}"})
+        self._write_time(pending.steps[-1][0])
         self.writer.flush()
         pending.reset()
+
+    def _write_time(self, step: int) -> None:
+        row = self.clock.row(step)
+        if row is not None and self.writer is not None:
+            self.writer.write(row)
 
     def _evaluate(self, loop: LoopState, step: int, announce: bool = False) -> dict[str, float]:
         results = self.setup.heldout(loop.train.params)

@@ -32,7 +32,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return out
 
 
-NON_SCALAR_KEYS = ("step", "phase", "phase_step")
+NON_SCALAR_KEYS = ("step", "phase", "phase_step", "first_step")
 
 
 def scalar_tags(record: dict[str, Any]) -> dict[str, float]:
@@ -91,7 +91,9 @@ class MetricsWriter:
                             "resume the run, or move it aside (force_new) first")
         if resume_point is not None:
             step, phase = resume_point
-            keep = [r for r in records if (r["step"], r.get("phase", 0)) <= (step, phase)]
+            # Rows past the resume point are retrained and logged again; "time" rows stay: they are
+            # what those steps cost the first time (goodput's lost time).
+            keep = [r for r in records if r.get("kind") == "time" or (r["step"], r.get("phase", 0)) <= (step, phase)]
         tmp = self.path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
         tmp.replace(self.path)
