@@ -103,6 +103,105 @@ def test_cli_reports_fit_and_what_to_change(tmp_path, capsys):
     assert "unknown device kind 'b200'" in capsys.readouterr().err
 
 
+def test_every_phase_is_estimated_and_the_worst_named(tmp_path, capsys):
+    """configs/long_context.yaml: a 4k phase, then 16k rows at a quarter of the batch and a new
+    RoPE base (twice: the cooldown is the same step). Each phase gets its own figures."""
+    out = tmp_path / "est.json"
+    assert main(["estimate", str(ROOT / "configs" / "long_context.yaml"), "--devices", "64", "--device", "h100",
+                 "--analytic-only", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    r = json.loads(out.read_text())
+    assert [p["name"] for p in r["phases"]] == ["short-4k", "long-16k", "cooldown-16k"]
+    short, long, cool = r["phases"]
+    assert (short["seq_len"], short["global_batch_size"], short["rope_theta"]) == (4096, 256, 10000.0)
+    assert (long["seq_len"], long["global_batch_size"], long["rope_theta"]) == (16384, 64, 500000.0)
+    assert short["tokens_per_step"] == long["tokens_per_step"] == 2**20
+    for p in r["phases"]:  # the JSON schema of a phase
+        assert set(p["analytic"]) >= {"params", "opt_state", "temporaries", "peak"}
+        assert p["compiled"] is None and isinstance(p["fits"], bool)
+        assert p["analytic"]["params"] == short["analytic"]["params"]  # the same parameters in every phase
+    # The analytic model counts tokens per device (flash-style attention: memory linear in L), so
+    # at the same tokens per step the phases tie and the first is named; attention FLOPs grow with L.
+    assert long["analytic"]["peak"] == short["analytic"]["peak"] and r["worst"] == "short-4k"
+    assert long["analytic"]["model_flops"] > short["analytic"]["model_flops"]
+    assert cool["analytic"] == long["analytic"]
+
+    # A long phase with twice the tokens per step is the worst, and the top-level figures are its.
+    cfg = load_run_config(ROOT / "configs" / "long_context.yaml")
+    cfg = dataclasses.replace(cfg, phases=[cfg.phases[0], dataclasses.replace(cfg.phases[1], global_batch_size=128),
+                                           dataclasses.replace(cfg.phases[2], global_batch_size=64)])
+    r = estimate_plan(cfg, 64, device="h100", compile=False)
+    assert r["worst"] == "long-16k" and r["analytic"] == r["phases"][1]["analytic"]
+    assert r["phases"][1]["analytic"]["peak"] > r["phases"][0]["analytic"]["peak"]
+    assert "phase 'short-4k'" in text and "phase 'long-16k'" in text and "worst phase: 'short-4k'" in text
+
+
+def test_micro_batching_per_phase(tmp_path):
+    """grad_accum splits each phase's own batch: the 16k phase's 64 rows over 64 devices cannot be
+    accumulated 4 ways (refused); the 4k phase's micro-batch shrinks with accumulation."""
+    cfg = load_run_config(ROOT / "configs" / "long_context.yaml", ["optimizer.grad_accum=2"])
+    r = estimate_plan(cfg, 32, device="h100", compile=False)
+    base = estimate_plan(load_run_config(ROOT / "configs" / "long_context.yaml"), 32, device="h100", compile=False)
+    for p, b in zip(r["phases"], base["phases"]):
+        assert p["grad_accum"] == 2
+        assert p["analytic"]["temporaries_by_kind"]["activations"] * 2 == b["analytic"]["temporaries_by_kind"]["activations"]
+
+
+def test_phases_with_the_same_step_compile_once(tmp_path, monkeypatch):
+    """Each distinct step is compiled once (compiles are the slow part); the compile is stubbed
+    here to count calls: real compiles of several phases run in tests/accel."""
+    import cpt_jax.estimate.plan as plan
+
+    calls = []
+
+    def fake_compile(cfg, n, phase, breakdown):
+        calls.append(phase)
+        run = cfg.phase_run(phase)
+        temps = run.data.seq_len * 1000
+        return {"memory": {"arguments": 10, "temporaries": temps, "outputs": 0, "aliased": 0}, "params": 1,
+                "opt_state": 2, "batch": 3, "peak": 10 + temps, "flops": 1.0, "lower_s": 0.0, "compile_s": 0.0}
+
+    monkeypatch.setattr(plan, "compiled_cpu", fake_compile)
+    cfg = tiny_cfg(tmp_path)
+    cfg = dataclasses.replace(cfg, phases=[cfg.phases[0], dataclasses.replace(cfg.phases[0], name="again"),
+                                           dataclasses.replace(cfg.phases[0], name="long", seq_len=128)])
+    r = estimate_plan(cfg, 8, device="h100")
+    assert calls == [0, 2]
+    first, again, long = r["phases"]
+    assert again["compiled"]["same_step_as"] == "pretrain" and "same_step_as" not in long["compiled"]
+    assert again["compiled"]["memory"] == first["compiled"]["memory"]
+    assert r["worst"] == "long" and r["compiled"] == long["compiled"] and r["device"] == long["device"]
+    assert long["device"]["peak_bytes"] == long["compiled"]["peak"] and long["device"]["basis"] == "compiled"
+
+
+def test_target_without_its_compiler_says_how_to_install(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("libtpu", "jax_plugins.xla_cuda12") else real(name, *a))
+    for target, extra in (("v5p-8", "cpt-jax[tpu]"), ("h100x8", "cpt-jax[cuda12]")):
+        assert main(["estimate", str(ROOT / "configs" / "tiny.yaml"), "--target", target]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"pip install '{extra}'" in err
+    # --analytic-only needs no compiler: the target's devices and memory only
+    out = tmp_path / "a.json"
+    assert main(["estimate", str(ROOT / "configs" / "tiny.yaml"), "--target", "v5p-8", "--analytic-only",
+                 "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["target"]["num_devices"] == 4 and r["attention"] == "splash" and r["compiled"] is None
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--devices", "8", "--target", "v5p-8"], "either --target"), ([], "either --target"),
+    (["--target", "v5p-8", "--breakdown", "--analytic-only"], "drop --analytic-only"),
+    (["--target", "tpu-v9:2x2"], "unknown target"),
+])
+def test_estimate_bad_arguments(args, message, capsys):
+    assert main(["estimate", str(ROOT / "configs" / "tiny.yaml"), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
 # --- targets: names -> compile-only devices (parsing only; compiling needs the extras, tests/accel)
 
 @pytest.mark.parametrize("name,canonical,topology,devices", [

@@ -44,14 +44,23 @@ def memory_stats(compiled) -> dict[str, int]:
             "code": int(m.generated_code_size_in_bytes)}
 
 
-def compile_step(cfg: RunConfig, mesh: Mesh) -> dict:
-    """Lower and compile the run's train step; per-device memory, XLA's FLOP count, timings."""
-    setup = build_setup(without_data(cfg), mesh)
+def compile_step(cfg: RunConfig, mesh: Mesh, phase: int = 0, compiler_options: dict | None = None,
+                 breakdown: int = 0) -> dict:
+    """Lower and compile phase `phase`'s train step; per-device memory, XLA's FLOP count (and the
+    TPU compiler's `optimal_seconds`), timings. An out-of-memory verdict of the compiler (TPU:
+    RESOURCE_EXHAUSTED) is returned as {"oom": message}, not raised. `breakdown` > 0 adds that
+    many of the program's largest buffers, attributed (breakdown.py)."""
+    setup = build_setup(without_data(cfg), mesh, phase=phase)
     state, batch = abstract_inputs(setup)
     t0 = time.perf_counter()
     lowered = setup.train_step.lower(state, batch)
     t1 = time.perf_counter()
-    compiled = lowered.compile()
+    try:
+        compiled = lowered.compile(compiler_options or None)
+    except Exception as e:  # jax raises JaxRuntimeError; only the compiler's memory verdict is an answer
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        return {"oom": str(e).strip().splitlines()[0], "lower_s": t1 - t0, "compile_s": time.perf_counter() - t1}
     t2 = time.perf_counter()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -59,8 +68,21 @@ def compile_step(cfg: RunConfig, mesh: Mesh) -> dict:
     split = {"params": input_bytes(state.params, state_in.params),
              "opt_state": input_bytes(state.opt_state, state_in.opt_state),
              "batch": input_bytes(batch, batch_in)}
-    return {"memory": memory_stats(compiled), **split, "flops": float((cost or {}).get("flops", float("nan"))),
-            "lower_s": t1 - t0, "compile_s": t2 - t1}
+    memory = memory_stats(compiled)
+    out = {"memory": memory, **split, "peak": peak_bytes(memory),
+           "flops": (cost or {}).get("flops"),  # None where the compiler has no cost model (GPU)
+           "optimal_seconds": (cost or {}).get("optimal_seconds"), "lower_s": t1 - t0, "compile_s": t2 - t1}
+    if breakdown:
+        from cpt_jax.estimate.breakdown import largest_buffers
+
+        out["breakdown"] = largest_buffers(compiled, state, batch, breakdown)
+    return out
+
+
+def peak_bytes(memory: dict[str, int]) -> int:
+    """Per-device bytes live at the step's peak: inputs, outputs not written over their inputs
+    (the state is donated), and XLA's temporaries."""
+    return memory["arguments"] + memory["temporaries"] + memory["outputs"] - memory["aliased"]
 
 
 def input_bytes(abstract, shardings) -> int:

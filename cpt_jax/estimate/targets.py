@@ -15,6 +15,7 @@ XLA's CUDA compiler) then compiles the step for them. Accepted names:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import os
@@ -172,7 +173,26 @@ def target_devices(name: str, slices: int = 1) -> tuple[list, TargetInfo]:
     devices = list(topo.devices)
     if len(devices) != info.num_devices:
         raise UserError(f"target {info.name}: the compiler gave {len(devices)} devices, expected {info.num_devices}")
+    if info.platform == "tpu" and (limit := tpu_hbm_limit(devices[0])):
+        info = dataclasses.replace(info, memory_bytes_usable=limit)
     return devices, info
+
+
+def tpu_hbm_limit(device) -> float | None:
+    """The HBM per chip the TPU compiler lets a program use, read from its own out-of-memory
+    verdict on a program that cannot fit ("... exceeds available HBM (15.75G)", GiB)."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    sharding = NamedSharding(Mesh([device], ("x",)), PartitionSpec())
+    huge = jax.ShapeDtypeStruct((2**18, 2**18), jnp.float32, sharding=sharding)  # 256 GiB in, 256 GiB out
+    try:
+        jax.jit(lambda a: jnp.sin(a) @ jnp.cos(a)).lower(huge).compile()
+    except Exception as e:  # the verdict we asked for
+        if m := re.search(r"available HBM \(([0-9.]+)G\)", str(e)):
+            return float(m.group(1)) * 2**30
+    return None
 
 
 def compiler_options(info: TargetInfo) -> dict:
