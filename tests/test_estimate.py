@@ -18,7 +18,8 @@ from cpt_jax.train.setup import build_setup
 from cpt_jax.train.state import new_train_state
 
 ROOT = Path(__file__).resolve().parents[1]
-PLANS = {name: ROOT / "configs" / "estimate" / f"{name}.yaml" for name in ("llama3.2-1b", "llama3.1-8b", "llama3.1-70b")}
+PLANS = {name: ROOT / "configs" / "estimate" / f"{name}.yaml"
+         for name in ("llama3.2-1b", "llama3.1-8b", "llama3.1-70b")}
 # Modelled temporaries vs XLA:CPU's buffer assignment for the tiny plan: the model is a sum of
 # big items (activations, logits, gradients, update); XLA reuses buffers and adds fusion
 # scratch, so they agree only roughly: for this tiny plan, where fixed-size buffers weigh most,
@@ -87,10 +88,17 @@ def test_three_shapes_on_8_64_256_devices(name):
 def test_cli_reports_fit_and_what_to_change(tmp_path, capsys):
     out = tmp_path / "est.json"
     assert main(["estimate", str(ROOT / "configs" / "tiny.yaml"), "--devices", "8", "--device", "v5e",
-                 "--json", str(out)]) == 0
+                 "--json", str(out), "--breakdown", "5"]) == 0
     text = capsys.readouterr().out
     assert "FITS" in text and "compiled (XLA:CPU" in text and "buffer assignment" in text
-    assert json.loads(out.read_text())["device"]["fits"] is True
+    r = json.loads(out.read_text())
+    assert r["device"]["fits"] is True
+    # --breakdown: the buffers live at the compiler's peak, by kind; the state is there in full
+    b, c = r["compiled"]["breakdown"], r["compiled"]
+    assert len(b["buffers"]) == 5 and "largest buffers live at the peak" in text
+    assert {"parameters", "optimizer", "activations", "logits", "batch"} <= set(b["by_kind"])
+    assert b["by_kind"]["optimizer"] >= 0.99 * c["opt_state"] and b["by_kind"]["parameters"] >= c["params"]
+    assert 0.9 * c["peak"] <= b["peak_bytes"] <= c["peak"]
 
     assert main(["estimate", str(PLANS["llama3.1-70b"]), "--devices", "8", "--device", "h100",
                  "--analytic-only"]) == 0
@@ -144,7 +152,8 @@ def test_micro_batching_per_phase(tmp_path):
     base = estimate_plan(load_run_config(ROOT / "configs" / "long_context.yaml"), 32, device="h100", compile=False)
     for p, b in zip(r["phases"], base["phases"]):
         assert p["grad_accum"] == 2
-        assert p["analytic"]["temporaries_by_kind"]["activations"] * 2 == b["analytic"]["temporaries_by_kind"]["activations"]
+        act, base_act = (x["analytic"]["temporaries_by_kind"]["activations"] for x in (p, b))
+        assert act * 2 == base_act
 
 
 def test_phases_with_the_same_step_compile_once(tmp_path, monkeypatch):
@@ -260,3 +269,29 @@ def test_gpu_target_description_is_generated_from_the_spec():
     text = target_config_text(H100_SXM)
     assert "core_count: 132" in text and "major: 9" in text and "ACCELERATED_FEATURES" in text
     assert f"device_memory_size: {80 * 10**9}" in text and 'name: "NVIDIA H100 80GB HBM3"' in text
+
+
+def test_breakdown_reads_the_peak_and_attributes_each_buffer():
+    """The parsers on the text XLA writes (live ranges, scheduled HLO), and the attribution."""
+    from cpt_jax.estimate.breakdown import classify, element_shape, parse_peak, parse_program
+
+    live = """  Live ranges at 9 (peak):
+    fusion.3{}: 4096 bytes (cumulative: 4096 bytes)
+    while.1{2}: 64 bytes (cumulative: 4160 bytes)
+  Stack trace breakdown for peak usage: 4160 bytes"""
+    assert parse_peak(live) == [("fusion.3", "", 4096), ("while.1", "2", 64)]
+    program = parse_program(
+        '  %p = f32[16,8]{1,0:T(8,128)} parameter(0), metadata={op_name="state.opt_state[1].mu[\'embed\']"}\n'
+        '  ROOT %fusion.3 = (bf16[4,8]{1,0}, f32[2,3,256]{2,1,0:T(8,128)S(1)}) fusion(%p), kind=kLoop, '
+        'metadata={op_name="jit(step_fn)/jvp()/dot_general"}')
+    assert program["p"] == ("f32[16,8]{1,0:T(8,128)}", "parameter", "state.opt_state[1].mu['embed']")
+    assert element_shape(program["fusion.3"][0], "1") == "f32[2,3,256]{2,1,0:T(8,128)S(1)}"
+    params, vocab = {(16, 8), (8, 16)}, {256}
+    assert classify("state.opt_state[1].mu['embed']", "f32", (16, 8), params, vocab) == "optimizer"
+    assert classify("state.params['embed']", "f32", (16, 8), params, vocab) == "parameters"
+    assert classify("batch['tokens']", "s32", (4, 8), params, vocab) == "batch"
+    assert classify("jit(step_fn)/transpose(jvp())/dot_general", "f32", (8, 16), params, vocab) == "gradients"
+    assert classify("jit(step_fn)/jvp()/all-gather", "bf16", (8, 16), params, vocab) == "parameters"
+    assert classify("jit(step_fn)/mul", "f32", (16, 8), params, vocab) == "optimizer"  # the update
+    assert classify("jit(step_fn)/jvp()/dot_general", "f32", (2, 3, 256), params, vocab) == "logits"
+    assert classify("jit(step_fn)/transpose(jvp())/exp", "f32", (2, 3, 64), params, vocab) == "activations"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tempfile
 import time
 
 import jax
@@ -14,6 +15,7 @@ from jax.sharding import Mesh
 
 from cpt_jax.data.config import SourceConfig
 from cpt_jax.data.pipeline import BATCH_KEYS
+from cpt_jax.estimate.breakdown import dump_options, largest_buffers
 from cpt_jax.train.config import RunConfig
 from cpt_jax.train.setup import RunSetup, build_setup
 from cpt_jax.train.state import TrainState
@@ -55,11 +57,17 @@ def compile_step(cfg: RunConfig, mesh: Mesh, phase: int = 0, compiler_options: d
     t0 = time.perf_counter()
     lowered = setup.train_step.lower(state, batch)
     t1 = time.perf_counter()
+    options = dict(compiler_options or {})
+    dump = tempfile.TemporaryDirectory(prefix="cpt_jax_breakdown_") if breakdown else None
+    if dump:
+        options.update(dump_options(dump.name))
     try:
-        compiled = lowered.compile(compiler_options or None)
+        compiled = lowered.compile(options or None)
     except Exception as e:  # jax raises JaxRuntimeError; only the compiler's memory verdict is an answer
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
+        if dump:
+            dump.cleanup()
         return {"oom": str(e).strip().splitlines()[0], "lower_s": t1 - t0, "compile_s": time.perf_counter() - t1}
     t2 = time.perf_counter()
     cost = compiled.cost_analysis()
@@ -72,11 +80,30 @@ def compile_step(cfg: RunConfig, mesh: Mesh, phase: int = 0, compiler_options: d
     out = {"memory": memory, **split, "peak": peak_bytes(memory),
            "flops": (cost or {}).get("flops"),  # None where the compiler has no cost model (GPU)
            "optimal_seconds": (cost or {}).get("optimal_seconds"), "lower_s": t1 - t0, "compile_s": t2 - t1}
-    if breakdown:
-        from cpt_jax.estimate.breakdown import largest_buffers
-
-        out["breakdown"] = largest_buffers(compiled, state, batch, breakdown)
+    if dump:
+        with dump:
+            out["breakdown"] = largest_buffers(dump.name, breakdown, param_shapes(state.params, setup.cfg.model.scan_layers),
+                                               vocab_sizes(setup))
     return out
+
+
+def param_shapes(params, scanned: bool) -> set[tuple[int, ...]]:
+    """Every parameter's shape, whole and as one device's shard (a gathered weight, a gradient
+    before its reduce-scatter, a shard), and one layer's slice of the stacked layers when they
+    are scanned: what a parameter-shaped buffer can look like."""
+    out = set()
+    for path, x in jax.tree_util.tree_leaves_with_path(params):
+        shapes = {tuple(x.shape), tuple(x.sharding.shard_shape(x.shape))}
+        if scanned and "layers" in jax.tree_util.keystr(path):
+            shapes |= {s[1:] for s in shapes}
+        out |= shapes
+    return out
+
+
+def vocab_sizes(setup: RunSetup) -> set[int]:
+    """The vocabulary dimension of logits, whole and split over the tensor axis."""
+    v = setup.cfg.model.vocab_size
+    return {v, math.ceil(v / setup.mesh.shape["tensor"])}
 
 
 def peak_bytes(memory: dict[str, int]) -> int:
