@@ -68,7 +68,8 @@ def compile_step(cfg: RunConfig, mesh: Mesh, phase: int = 0, compiler_options: d
             raise
         if dump:
             dump.cleanup()
-        return {"oom": str(e).strip().splitlines()[0], "lower_s": t1 - t0, "compile_s": time.perf_counter() - t1}
+        return {"oom": str(e).strip().splitlines()[0], "lower_s": t1 - t0,
+                "compile_s": time.perf_counter() - t1}
     t2 = time.perf_counter()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -82,8 +83,8 @@ def compile_step(cfg: RunConfig, mesh: Mesh, phase: int = 0, compiler_options: d
            "optimal_seconds": (cost or {}).get("optimal_seconds"), "lower_s": t1 - t0, "compile_s": t2 - t1}
     if dump:
         with dump:
-            out["breakdown"] = largest_buffers(dump.name, breakdown, param_shapes(state.params, setup.cfg.model.scan_layers),
-                                               vocab_sizes(setup))
+            shapes = param_shapes(state.params, setup.cfg.model.scan_layers)
+            out["breakdown"] = largest_buffers(dump.name, breakdown, shapes, vocab_sizes(setup))
     return out
 
 

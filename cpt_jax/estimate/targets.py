@@ -29,9 +29,10 @@ from cpt_jax.estimate.gpu_specs import GPU_SPECS, target_config_text
 GPUS_PER_HOST = 8
 TPU_GENERATIONS = ("v4", "v5e", "v5p", "v6e")
 CORE_COUNTED = ("v4", "v5p")  # Google's slice names count TensorCores: two per chip (megacore)
-MAX_2D_CHIPS = 256
-HOST_CHIPS = 4  # chips per TPU host (2x2x1); smaller slices pass their own host bounds  # v5e and v6e slices: at most 16x16 chips
-INSTALL = {"tpu": "pip install 'cpt-jax[tpu]'", "cuda": "pip install 'cpt-jax[cuda12]'"}
+MAX_2D_CHIPS = 256  # v5e and v6e slices: at most 16x16 chips
+HOST_CHIPS = 4  # chips per TPU host (2x2x1); smaller slices pass their own host bounds
+INSTALL = {"tpu": "pip install 'cpt-jax[tpu]'",
+           "cuda": "pip install 'cpt-jax[cuda12]'"}
 GPU_FLAGS = {"xla_gpu_shard_autotuning": False}  # no GPU to autotune on: XLA's defaults
 
 
