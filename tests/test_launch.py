@@ -155,3 +155,18 @@ def test_the_slurm_kit_trains_with_two_processes(tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert (done.stdout + done.stderr).count("done: 3 steps") == 2  # both tasks trained the one run
     assert (run_dir / "checkpoints" / "3").is_dir()
+
+
+def test_the_example_kits_in_tools_are_what_launch_writes_today(tmp_path):
+    repo = Path(__file__).resolve().parent.parent
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "cpt-jax").write_text(f"#!/usr/bin/env bash\nexec {sys.executable} -m cpt_jax.cli.main \"$@\"\n")
+    (bin_dir / "cpt-jax").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "JAX_PLATFORMS": "cpu"}
+    subprocess.run(["bash", str(repo / "tools/launch/make_kits.sh"), str(tmp_path)], env=env, check=True,
+                   capture_output=True, timeout=300)
+    kits = sorted(p.name for p in (repo / "tools/launch").iterdir() if p.name != "make_kits.sh")
+    assert len(kits) == 3
+    for name in kits:
+        assert (tmp_path / name).read_text() == (repo / "tools/launch" / name).read_text(), name
