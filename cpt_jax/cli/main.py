@@ -25,6 +25,7 @@ COMMANDS = {
     "eval": "cpt_jax.cli.eval",
     "report": "cpt_jax.cli.report",
     "estimate": "cpt_jax.cli.estimate",
+    "launch": "cpt_jax.cli.launch",
     "fit-mixture": "cpt_jax.cli.fit_mixture",
     "demo": "cpt_jax.cli.demo",
 }
