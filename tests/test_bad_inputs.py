@@ -204,6 +204,10 @@ CASES = [
     ("train-vocab-mismatch", lambda w: ["train", vocab_mismatch_plan(w)], ["vocab"]),
     ("train-missing-hf-init", lambda w: ["train", plan_file(w, "hfinit", ("phases.0.init", f"hf:{w / 'nohf'}"))],
      ["nohf"]),
+    ("train-run-dir-is-a-file", lambda w: ["train", plan_file(w, "rdfile", ("run_dir", str(w / "empty.txt")))],
+     ["empty.txt is a file"]),
+    ("train-run-dir-inside-a-file", lambda w: ["train", plan_file(w, "rdsub", ("run_dir", str(w / "empty.txt" / "r")))],
+     ["which is a file"]),
     ("train-other-plan-in-run-dir", lambda w: ["train", str(w / "plan.yaml")], ["--force-new"]),
     ("train-bad-override", lambda w: ["train", str(w / "plan.yaml"), "phases"], ["key.sub=value"]),
     # schedule, estimate, eval, report, merge, extend-vocab, demo
