@@ -382,7 +382,7 @@ def test_weight_decay_skips_every_bias_and_norm_by_name():
     from cpt_jax.model.params import abstract_params
     from cpt_jax.train.optimizer import weight_mask
     cfg = ModelConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-                      num_kv_heads=2, max_position_embeddings=64, qkv_bias=True)
+                      num_kv_heads=2, max_position_embeddings=64, family="qwen2")
     for scanned in (True, False):
         params = abstract_params(dataclasses.replace(cfg, scan_layers=scanned))
         mask = {jax.tree_util.keystr(p, simple=True, separator="."): v
