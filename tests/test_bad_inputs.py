@@ -242,6 +242,12 @@ CASES = [
     ("key-rope-unknown-subkey", lambda w: ["schedule", plan_file(w, "ropekey", ("model.rope_scaling",
                                                                                   {"rope_type": "linear", "factr": 2}))],
      ["factr"]),
+    ("key-yarn-beta-order", lambda w: ["schedule", plan_file(w, "yarnbeta", ("model.rope_scaling", {
+        "rope_type": "yarn", "factor": 2.0, "beta_fast": 1.0, "beta_slow": 4.0}))], ["model.rope_scaling.beta_fast"]),
+    ("key-yarn-attention-factor", lambda w: ["schedule", plan_file(w, "yarnattn", ("model.rope_scaling", {
+        "rope_type": "yarn", "factor": 2.0, "attention_factor": -1.0}))], ["attention_factor"]),
+    ("key-yarn-truncate-type", lambda w: ["schedule", plan_file(w, "yarntrunc", ("model.rope_scaling", {
+        "rope_type": "yarn", "factor": 2.0, "truncate": "yes"}))], ["model.rope_scaling.truncate"]),
     ("key-qkv-bias-contradicts-family", lambda w: ["schedule", plan_file(w, "qkvb", ("model.qkv_bias", True))],
      ["model.qkv_bias", "llama"]),
     ("key-qk-norm-contradicts-family", lambda w: ["train", plan_file(w, "qkn", ("model.family", "qwen3"),

@@ -61,6 +61,11 @@ class RopeScalingConfig:
                 "must be greater than low_freq_factor")
         require(self.original_max_position_embeddings > 0, path, "original_max_position_embeddings",
                 "must be positive")
+        if self.rope_type == "yarn":
+            require(self.beta_fast > self.beta_slow, path, "beta_fast",
+                    f"must be greater than beta_slow ({self.beta_fast} <= {self.beta_slow})")
+            require(self.attention_factor is None or self.attention_factor > 0, path, "attention_factor",
+                    f"must be positive, got {self.attention_factor}")
 
 
 @dataclass(frozen=True)
