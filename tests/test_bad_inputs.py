@@ -204,6 +204,10 @@ CASES = [
     ("train-vocab-mismatch", lambda w: ["train", vocab_mismatch_plan(w)], ["vocab"]),
     ("train-missing-hf-init", lambda w: ["train", plan_file(w, "hfinit", ("phases.0.init", f"hf:{w / 'nohf'}"))],
      ["nohf"]),
+    ("train-run-dir-is-a-file", lambda w: ["train", plan_file(w, "rdfile", ("run_dir", str(w / "empty.txt")))],
+     ["empty.txt is a file"]),
+    ("train-run-dir-inside-a-file", lambda w: ["train", plan_file(w, "rdsub", ("run_dir", str(w / "empty.txt" / "r")))],
+     ["which is a file"]),
     ("train-other-plan-in-run-dir", lambda w: ["train", str(w / "plan.yaml")], ["--force-new"]),
     ("train-bad-override", lambda w: ["train", str(w / "plan.yaml"), "phases"], ["key.sub=value"]),
     # schedule, estimate, eval, report, merge, extend-vocab, demo
@@ -216,7 +220,140 @@ CASES = [
     ("extend-vocab-missing-tokenizer", lambda w: ["extend-vocab", str(w / "ckpt"), "--tokenizer",
                                                   str(w / "nope.json"), "--out", str(w / "o19")], ["nope.json"]),
     ("demo-unknown-key", lambda w: ["demo", "no_such_key=1", "--out", str(w / "o20")], ["no_such_key"]),
+    # prepare --out must be prepare's own folder
+    ("prepare-out-holds-other-files", lambda w: ["prepare", str(w / "docs.jsonl"), "--out", str(w / "nonempty"),
+                                                 "--tokenizer", str(w / "tokenizer.json")], ["nonempty", "keep.txt"]),
+    ("prepare-out-is-a-file", lambda w: ["prepare", str(w / "docs.jsonl"), "--out", str(w / "notes.csv"),
+                                         "--tokenizer", str(w / "tokenizer.json")], ["notes.csv is a file"]),
+    # keys added since this suite was written (config errors: `schedule` loads the plan as train does)
+    ("key-keep-host-memory-type", lambda w: ["schedule", plan_file(w, "khm", ("keep_host_memory", "yes"))],
+     ["keep_host_memory", "true or false"]),
+    ("key-scan-unroll-negative", lambda w: ["schedule", plan_file(w, "unroll", ("model.scan_unroll", -1))],
+     ["model.scan_unroll"]),
+    ("key-attention-unknown", lambda w: ["schedule", plan_file(w, "attn", ("model.attention", "flash"))],
+     ["model.attention", "flash"]),
+    ("key-rope-type-unknown", lambda w: ["schedule", plan_file(w, "ropetype", ("model.rope_scaling",
+                                                                                 {"rope_type": "dynamic"}))],
+     ["rope_type", "dynamic"]),
+    ("key-rope-factor-below-one", lambda w: ["schedule", plan_file(w, "ropefactor", ("model.rope_scaling",
+                                                                                       {"rope_type": "yarn",
+                                                                                        "factor": 0.5}))],
+     ["factor"]),
+    ("key-rope-unknown-subkey", lambda w: ["schedule", plan_file(w, "ropekey", ("model.rope_scaling",
+                                                                                  {"rope_type": "linear", "factr": 2}))],
+     ["factr"]),
+    ("key-yarn-beta-order", lambda w: ["schedule", plan_file(w, "yarnbeta", ("model.rope_scaling", {
+        "rope_type": "yarn", "factor": 2.0, "beta_fast": 1.0, "beta_slow": 4.0}))], ["model.rope_scaling.beta_fast"]),
+    ("key-yarn-attention-factor", lambda w: ["schedule", plan_file(w, "yarnattn", ("model.rope_scaling", {
+        "rope_type": "yarn", "factor": 2.0, "attention_factor": -1.0}))], ["attention_factor"]),
+    ("key-yarn-truncate-type", lambda w: ["schedule", plan_file(w, "yarntrunc", ("model.rope_scaling", {
+        "rope_type": "yarn", "factor": 2.0, "truncate": "yes"}))], ["model.rope_scaling.truncate"]),
+    ("key-qkv-bias-contradicts-family", lambda w: ["schedule", plan_file(w, "qkvb", ("model.qkv_bias", True))],
+     ["model.qkv_bias", "llama"]),
+    ("key-qk-norm-contradicts-family", lambda w: ["train", plan_file(w, "qkn", ("model.family", "qwen3"),
+                                                                     ("model.qk_norm", False))],
+     ["model.qk_norm", "qwen3"]),
+    ("key-from-ema-scratch", lambda w: ["schedule", plan_file(w, "emascratch", ("phases.0.from_ema", True))],
+     ["from_ema"]),
+    ("key-from-ema-without-decay", lambda w: ["train", plan_file(w, "emadecay", ("phases", [
+        PLAN["phases"][0], {**PLAN["phases"][0], "name": "q", "init": "previous", "from_ema": True}]))],
+     ["ema_decay"]),
+    ("key-ema-decay-range", lambda w: ["schedule", plan_file(w, "emarange", ("optimizer.ema_decay", 1.5))],
+     ["optimizer.ema_decay"]),
+    ("key-phase-seq-len-zero", lambda w: ["schedule", plan_file(w, "pseq0", ("phases.0.seq_len", 0))],
+     ["seq_len"]),
+    ("key-phase-seq-len-beyond-context", lambda w: ["schedule", plan_file(w, "pseqlong", ("phases.0.seq_len", 128))],
+     ["seq_len=128", "max_position_embeddings=64"]),
+    ("key-phase-batch-negative", lambda w: ["schedule", plan_file(w, "pbatch", ("phases.0.global_batch_size", -8))],
+     ["global_batch_size"]),
+    ("key-phase-rope-theta-zero", lambda w: ["schedule", plan_file(w, "ptheta", ("phases.0.rope_theta", 0))],
+     ["rope_theta"]),
+    ("key-phase-max-position-zero", lambda w: ["schedule", plan_file(w, "pmax", ("phases.0.max_position_embeddings",
+                                                                                 0))],
+     ["max_position_embeddings"]),
+    ("key-phase-rope-scaling-type", lambda w: ["schedule", plan_file(w, "prope", ("phases.0.rope_scaling",
+                                                                                    {"rope_type": "ntk"}))],
+     ["rope_type"]),
+    ("key-dense-first-alone", lambda w: ["schedule", plan_file(w, "dense", ("eval", {"dense_first": 5}))],
+     ["dense_every"]),
+    ("key-dense-every-negative", lambda w: ["schedule", plan_file(w, "denseneg", ("eval", {"dense_first": 2,
+                                                                                           "dense_every": -1}))],
+     ["dense_every"]),
+    ("key-wandb-mode", lambda w: ["schedule", plan_file(w, "wandb", ("log.wandb_mode", "cloud"))],
+     ["log.wandb_mode", "cloud"]),
+    ("key-eval-task-missing-path", lambda w: ["schedule", plan_file(w, "taskpath", ("eval", {"tasks": [
+        {"name": "t"}]}))], ["path"]),
+    ("key-duplicate-eval-task", lambda w: ["schedule", plan_file(w, "taskdup", ("eval", {"tasks": [
+        {"name": "t", "path": "a.jsonl"}, {"name": "t", "path": "b.jsonl"}]}))], ["used twice"]),
+    ("key-carry-data-after-previous", lambda w: ["schedule", plan_file(w, "carry", ("phases", [
+        PLAN["phases"][0], {**PLAN["phases"][0], "name": "q", "init": "previous", "carry": "params+data"}]))],
+     ["carry"]),
+    # init: hf:DIR plans take the model from DIR
+    ("hf-init-contradicting-model", lambda w: ["train", plan_file(w, "hfcontra", ("phases.0.init", f"hf:{w / 'hf'}"),
+                                                                  ("model", {"hidden_size": 64}))],
+     ["model.hidden_size", "64", "48"]),
+    ("hf-init-no-model-no-folder", lambda w: ["schedule", plan_file(w, "hfnomodel", ("phases.0.init",
+                                                                                       f"hf:{w / 'nohf'}"),
+                                                                    ("model", None))], ["nohf", "config.json"]),
+    ("hf-init-model-type-unsupported", lambda w: ["schedule", plan_file(
+        w, "hfgpt2", ("phases.0.init", f"hf:{hf_copy(w, 'gpt2mt', drop_arch('gpt2'))}"), ("model", None))],
+     ["model_type 'gpt2'"]),
+    ("import-model-type-unsupported", lambda w: ["import-hf", hf_copy(w, "gpt2mt", drop_arch("gpt2")),
+                                                 str(w / "o21")], ["model_type 'gpt2'"]),
+    # every command
+    ("schedule-plot-read-only", lambda w: ["schedule", str(w / "plan.yaml"), "--plot", str(read_only(w) / "lr.png")],
+     ["lr.png"]),
+    ("schedule-missing-plan", lambda w: ["schedule", str(w / "noplan.yaml")], ["noplan.yaml"]),
+    ("estimate-unknown-device", lambda w: ["estimate", str(w / "plan.yaml"), "--devices", "8", "--device", "h900",
+                                           "--analytic-only"], ["h900"]),
+    ("estimate-unknown-key", lambda w: ["estimate", plan_file(w, "estkey", ("optimizer.lr", 1)), "--devices", "8",
+                                        "--analytic-only"], ["optimizer.lr"]),
+    ("eval-missing-plan", lambda w: ["eval", str(w / "noplan.yaml")], ["noplan.yaml"]),
+    ("eval-missing-task-file", lambda w: ["eval", "--model", str(w / "hf"), "--task", f"t={w / 'notask.jsonl'}"],
+     ["notask.jsonl"]),
+    ("eval-bad-task-spec", lambda w: ["eval", "--model", str(w / "hf"), "--task", "nopath"], ["NAME=PATH"]),
+    ("report-missing-run", lambda w: ["report", str(w / "norun")], ["norun"]),
+    ("fit-mixture-missing-run", lambda w: ["fit-mixture", str(w / "norun"), "--replay", "general"], ["norun"]),
+    ("fit-mixture-no-metrics", lambda w: ["fit-mixture", str(w / "nonempty"), str(w / "run"), "--replay", "general"],
+     ["nonempty"]),
+    ("merge-recipe-not-yaml", lambda w: ["merge", str(w / "bad.jsonl"), "--out", str(w / "o22")], ["bad.jsonl"]),
+    ("merge-unknown-method", lambda w: ["merge", recipe(w, "method", {"merge_method": "frankenmerge", "models": [
+        {"model": str(w / "hf")}]}), "--out", str(w / "o23")], ["frankenmerge"]),
+    ("merge-missing-model", lambda w: ["merge", recipe(w, "nomodel", {"merge_method": "linear", "models": [
+        {"model": str(w / "nohf"), "parameters": {"weight": 1.0}}]}), "--out", str(w / "o24")], ["nohf"]),
+    ("extend-vocab-missing-model", lambda w: ["extend-vocab", str(w / "nockpt"), "--tokenizer",
+                                              str(w / "tokenizer.json"), "--out", str(w / "o25")], ["nockpt"]),
+    ("extend-vocab-non-empty-out", lambda w: ["extend-vocab", str(w / "ckpt"), "--tokenizer",
+                                              str(w / "tokenizer.json"), "--out", str(w / "nonempty")],
+     ["--overwrite"]),
+    ("export-missing-checkpoint", lambda w: ["export-hf", str(w / "nockpt"), str(w / "o26")], ["nockpt"]),
+    ("import-out-is-a-file", lambda w: ["import-hf", str(w / "hf"), str(w / "notes.csv")], ["notes.csv"]),
+    ("demo-negative-dense-first", lambda w: ["demo", "dense_first=-1", "--out", str(w / "o27")], ["dense_first"]),
+    ("demo-negative-task-items", lambda w: ["demo", "task_items=-1", "--out", str(w / "o28")], ["task_items"]),
+    ("demo-replay-out-of-range", lambda w: ["demo", "replay=1.5", "--out", str(w / "o29")], ["replay"]),
+    ("train-missing-tokenizer-file", lambda w: ["train", plan_file(w, "tokfile", ("tokenizer", str(w / "nope.json")),
+                                                                   ("data.sources", {"text": {
+                                                                       "kind": "prepared",
+                                                                       "path": str(w / "prepared")}}),
+                                                                   ("phases.0.mixture", {"text": 1.0}))],
+     ["nope.json"]),
 ]
+
+
+def drop_arch(model_type):
+    """A config.json without `architectures` whose model_type names no supported family."""
+    def change(d):
+        cfg = json.loads((d / "config.json").read_text())
+        cfg.pop("architectures", None)
+        (d / "config.json").write_text(json.dumps({**cfg, "model_type": model_type}))
+    return change
+
+
+def recipe(w: Path, name: str, body: dict) -> str:
+    path = w / "recipes" / f"{name}.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(yaml.safe_dump(body))
+    return str(path)
 
 
 def _quiet(case):
@@ -246,6 +383,21 @@ def test_bad_input_gives_one_error_line_and_touches_nothing(world, capsys, case)
     for word in words:
         assert word in lines[0], lines[0]
     assert tree_state(world) == before
+
+
+def test_the_suite_covers_every_command(world):
+    from cpt_jax.cli.main import COMMANDS
+    assert len(CASES) >= 60
+    assert {argv(world)[0] for _, argv, _ in CASES} == set(COMMANDS)
+
+
+def test_prepare_reruns_into_its_own_output(world, capsys):
+    """--out that holds only an earlier prepare's output is prepare's own: a rerun with the same
+    inputs is accepted and changes nothing."""
+    before = tree_state(world / "prepared")
+    assert main(["prepare", str(world / "docs.jsonl"), "--out", str(world / "prepared"), "--tokenizer",
+                 str(world / "tokenizer.json"), "--eval-docs", "4", "--quiet"]) == 0, capsys.readouterr().err
+    assert tree_state(world / "prepared") == before
 
 
 @pytest.fixture

@@ -258,7 +258,7 @@ def test_eval_inputs_rerun_skips_finished_shards(split_corpus, tmp_path, monkeyp
     assert prep.prepare(split_options(split_corpus, tmp_path)) == first
     assert written == [last]
     # the eval files are part of the input: other eval content is other data
-    other = tmp_path / "other_held.jsonl"
+    other = tmp_path.parent / f"{tmp_path.name}-other_held.jsonl"  # not inside out: that is prepare's own
     write_jsonl(other, documents(WORDS, 3, seed=99))
     with pytest.raises(DataError, match="`overwrite` to replace it"):
         prep.prepare(split_options(split_corpus, tmp_path, eval_inputs=(str(other),)))

@@ -81,11 +81,23 @@ def test_llama3_rope_values_are_carried():
     assert cfg.rope_theta == 5e5 and cfg.rope_scaling.low_freq_factor == 2.0
 
 
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3"])
+def test_model_type_alone_names_the_architecture(family):
+    """A config.json without `architectures` (as some conversions write) is read by its
+    model_type, as transformers' AutoModelForCausalLM does."""
+    hf = hf_dict(family)
+    bare = {k: v for k, v in hf.items() if k != "architectures"}
+    assert bare["model_type"] == family
+    assert hf_config_to_model_config(bare) == hf_config_to_model_config(hf)
+
+
 @pytest.mark.parametrize("family, change, message", [
     ("llama", {"architectures": ["GPT2LMHeadModel"]},
      "unsupported architecture 'GPT2LMHeadModel'; supported: LlamaForCausalLM, MistralForCausalLM, "
      "Qwen2ForCausalLM, Qwen3ForCausalLM"),
-    ("llama", {"architectures": []}, "unsupported architecture None"),
+    ("llama", {"architectures": [], "model_type": "gpt2"},
+     "unsupported architecture (no architectures) with model_type 'gpt2'"),
+    ("llama", {"architectures": None, "model_type": None}, "unsupported architecture (no architectures)"),
     ("llama", {"rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4, "factor": 2.0}},
      "'rope_parameters': rope type 'longrope' is not supported"),
     ("llama", {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}},

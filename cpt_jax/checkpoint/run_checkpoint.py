@@ -12,11 +12,14 @@ mesh, memory) stops the run before anything is touched. A background save that d
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 import shutil
+import sys
 import time
+import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +85,8 @@ class RunCheckpointer:
                                              item_names=("params", "opt_state", "meta", "ema"))
         self._pending: int | None = None  # the step whose (background) save is not yet confirmed
         self._errors = _ErrorCapture()  # orbax logs a failed background write instead of raising it
-        logging.getLogger("absl").addHandler(self._errors)
+        _ORBAX_ERRORS.install()
+        _ORBAX_ERRORS.captures.append(self._errors)
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -225,7 +229,8 @@ class RunCheckpointer:
             log.warning("checkpoint save failed: %s", _brief(e))
         finally:
             self.manager.close()
-            logging.getLogger("absl").removeHandler(self._errors)
+            if self._errors in _ORBAX_ERRORS.captures:
+                _ORBAX_ERRORS.captures.remove(self._errors)
 
 
 def _brief(e: BaseException) -> str:
@@ -233,22 +238,78 @@ def _brief(e: BaseException) -> str:
     return f"{type(e).__name__}: {line[:200]}"
 
 
-class _ErrorCapture(logging.Handler):
+class _ErrorCapture:
     """The exceptions orbax logs (with their tracebacks) from its background save threads."""
 
     def __init__(self):
-        super().__init__(level=logging.ERROR)
         self.errors: list[BaseException] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.exc_info and record.exc_info[1] is not None:
-            self.errors.append(record.exc_info[1])
+        self.errors.append(record.exc_info[1])
 
     def first(self) -> BaseException | None:
         return self.errors[0] if self.errors else None
 
     def clear(self) -> None:
         self.errors.clear()
+
+
+def _raised_in_orbax(record: logging.LogRecord) -> bool:
+    if "orbax" in record.pathname:
+        return True
+    tb = record.exc_info[1].__traceback__
+    while tb is not None:
+        if "orbax" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+class _OrbaxErrors(logging.Filter):
+    """orbax logs each failed background write with its traceback (ERROR, on stderr: absl's
+    logger, and asyncio's for its write tasks) and goes on; cpt_jax reports the failure itself
+    as one error (RunCheckpointer.check/wait). So those records go to the open checkpointers'
+    captures and to this module's logger at debug level, not to the terminal."""
+
+    LOGGERS = ("absl", "asyncio")
+
+    def __init__(self):
+        super().__init__()
+        self.captures: list[_ErrorCapture] = []
+        self.installed = False
+
+    def install(self) -> None:
+        if not self.installed:  # once per process: orbax's threads may log after a checkpointer closes
+            for name in self.LOGGERS:
+                logging.getLogger(name).addFilter(self)
+            sys.unraisablehook = functools.partial(_late_write_callback_hook, sys.unraisablehook)
+            self.installed = True
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or not record.exc_info or record.exc_info[1] is None \
+                or not _raised_in_orbax(record):
+            return True
+        for capture in self.captures:
+            capture.emit(record)
+        log.debug("orbax (reported as a checkpoint error): %s", record.getMessage(), exc_info=record.exc_info)
+        return False
+
+
+_ORBAX_ERRORS = _OrbaxErrors()
+
+
+def _late_write_callback_hook(previous, unraisable) -> None:
+    """After a failed background save orbax closes its event loop while tensorstore still
+    finishes other writes; each one's completion callback then fails in a tensorstore thread
+    ("Event loop is closed") and is printed through sys.unraisablehook. Those go to the debug log
+    (the failure itself is reported once); anything else is printed as before."""
+    kind, error, tb = unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback
+    frames = traceback.extract_tb(tb) if tb is not None else []
+    if kind is RuntimeError and str(error) == "Event loop is closed" and frames \
+            and frames[0].name == "call_soon_threadsafe" and "asyncio" in frames[0].filename:
+        log.debug("tensorstore write finished after orbax closed its event loop", exc_info=(kind, error, tb))
+        return
+    previous(unraisable)
 
 
 def _reason(error: BaseException) -> str:

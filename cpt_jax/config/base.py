@@ -55,9 +55,9 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
             try:
                 return _convert(value, arg, path)
             except ConfigError as e:
-                errors.append(str(e))
-        if len(errors) == 1:
-            raise ConfigError(path, errors[0].split(": ", 1)[1])
+                errors.append(e)
+        if len(errors) == 1:  # Optional[X]: X's own error, with the key inside X it names
+            raise errors[0]
         raise ConfigError(path, f"expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
     if origin is Literal:
         choices = get_args(tp)

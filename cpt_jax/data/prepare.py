@@ -97,6 +97,7 @@ def prepare(opts: PrepareOptions) -> dict:
     """Run prepare end to end and return the manifest."""
     opts.check()
     out = Path(opts.out)
+    _refuse_other_files(out)
     out.mkdir(parents=True, exist_ok=True)
     if opts.overwrite:
         _clean(out, include_tokenizer=opts.train_tokenizer > 0)
@@ -225,12 +226,30 @@ def _refuse_foreign(out: Path, config_hash: str) -> None:
                             "`overwrite` to replace it, or choose another `out`")
 
 
-def _clean(out: Path, include_tokenizer: bool) -> None:
-    """Remove what prepare writes (and nothing else: --out may be a folder with other files)."""
+def _own_patterns(include_tokenizer: bool = True) -> list[str]:
+    """The files prepare writes into `out` (and their temporary versions)."""
     patterns = ["unit-*.json*", "train-*.arrayrecord*", "eval-*.arrayrecord*", mf.LENGTHS + "*", mf.MANIFEST + "*"]
-    if include_tokenizer:
-        patterns += [TRAINED_TOKENIZER + "*", _TRAIN_KEY + "*"]
-    for pattern in patterns:
+    return patterns + ([TRAINED_TOKENIZER + "*", _TRAIN_KEY + "*"] if include_tokenizer else [])
+
+
+def _refuse_other_files(out: Path) -> None:
+    """`out` is prepare's own folder: new, empty, or what an earlier prepare wrote (which it
+    resumes or, with overwrite, replaces). A folder holding other files is refused: a source
+    directory is read whole, and --overwrite would leave them mixed with the new data."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is a file; choose a new or empty folder for the prepared data")
+    if not out.is_dir():
+        return
+    others = sorted(p.name for p in out.iterdir() if not any(p.match(pat) for pat in _own_patterns()))
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise DataError(f"--out {out} holds files prepare did not write ({shown}); choose a new or empty folder "
+                        "(prepare reruns and resumes only in a folder of its own)")
+
+
+def _clean(out: Path, include_tokenizer: bool) -> None:
+    """Remove what prepare writes (and nothing else)."""
+    for pattern in _own_patterns(include_tokenizer):
         for p in out.glob(pattern):
             p.unlink()
 

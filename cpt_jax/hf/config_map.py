@@ -16,6 +16,8 @@ ARCHITECTURES = {
     "Qwen3ForCausalLM": ("qwen3", "qwen3"),
 }
 FAMILY_ARCH = {family: (arch, model_type) for arch, (family, model_type) in ARCHITECTURES.items()}
+# model_type -> architecture, for a config.json without `architectures` (transformers reads model_type then)
+MODEL_TYPES = {model_type: arch for arch, (_, model_type) in ARCHITECTURES.items()}
 
 # What transformers (5.x) assumes for a key that config.json leaves out, where it differs by
 # family or from a plain default; tests/test_hf_config.py checks this table against transformers.
@@ -106,9 +108,11 @@ def _check_supported(hf: dict, family: str) -> None:
 def hf_config_to_model_config(hf: dict, dtype: str = "float32") -> ModelConfig:
     """ModelConfig of an HF config.json (parameters fp32; `dtype` is the compute dtype)."""
     archs = hf.get("architectures") or []
-    arch = archs[0] if archs else None
+    arch = archs[0] if archs else MODEL_TYPES.get(hf.get("model_type"))
     if arch not in ARCHITECTURES:
-        raise UserError(f"config.json: unsupported architecture {arch!r}; supported: {', '.join(ARCHITECTURES)}")
+        what = repr(arch) if archs else f"(no architectures) with model_type {hf.get('model_type')!r}"
+        raise UserError(f"config.json: unsupported architecture {what}; supported: {', '.join(ARCHITECTURES)} "
+                        f"(or, without architectures, model_type {', '.join(MODEL_TYPES)})")
     family, _ = ARCHITECTURES[arch]
     _check_supported(hf, family)
     theta, scaling = _rope(hf)

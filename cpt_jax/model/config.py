@@ -14,6 +14,10 @@ DType = Literal["float32", "bfloat16", "float16"]
 DTYPE_NAMES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16",
                "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 Remat = Literal["none", "full", "dots", "dots_no_batch"]
+# Graph features each family fixes (its HF architecture has them or not; export writes them so).
+FAMILY_FEATURES = {"llama": {"qkv_bias": False, "qk_norm": False}, "mistral": {"qkv_bias": False, "qk_norm": False},
+                   "qwen2": {"qkv_bias": True, "qk_norm": False}, "qwen3": {"qkv_bias": False, "qk_norm": True}}
+FEATURE_NAMES = {"qkv_bias": "q/k/v projection biases", "qk_norm": "q/k head norms"}
 UNROLL_ALL_MAX_LAYERS = 4  # scan_unroll null: models this shallow run their scanned layers without a loop
 
 
@@ -57,6 +61,11 @@ class RopeScalingConfig:
                 "must be greater than low_freq_factor")
         require(self.original_max_position_embeddings > 0, path, "original_max_position_embeddings",
                 "must be positive")
+        if self.rope_type == "yarn":
+            require(self.beta_fast > self.beta_slow, path, "beta_fast",
+                    f"must be greater than beta_slow ({self.beta_fast} <= {self.beta_slow})")
+            require(self.attention_factor is None or self.attention_factor > 0, path, "attention_factor",
+                    f"must be positive, got {self.attention_factor}")
 
 
 @dataclass(frozen=True)
@@ -74,8 +83,8 @@ class ModelConfig:
     rms_norm_eps: float = 1e-6  # RMSNorm epsilon
     max_position_embeddings: int = 4096  # longest sequence the model is meant for; seq_len may not exceed it
     tie_embeddings: bool = False  # LM head shares the embedding matrix
-    qkv_bias: bool = False  # Qwen2
-    qk_norm: bool = False  # Qwen3: RMSNorm over each head of q and k
+    qkv_bias: Optional[bool] = None  # biases on q/k/v; null: the family's (qwen2 only); fixed by the family
+    qk_norm: Optional[bool] = None  # RMSNorm over each head of q and k; null: the family's (qwen3 only); fixed by it
     param_dtype: DType = "float32"  # storage dtype of parameters (and optimizer moments)
     dtype: DType = "float32"  # compute dtype
     remat: Remat = "none"  # rematerialise each block: none, full, or keep matmul outputs (dots)
@@ -83,6 +92,11 @@ class ModelConfig:
     scan_unroll: Optional[int] = None  # scan_layers: blocks per loop iteration; 0: all (no loop); null: auto
     attention: Literal["auto", "blocked", "xla", "cudnn", "splash", "pallas_gpu"] = "auto"  # auto: blocked (CPU), splash (TPU), pallas_gpu (GPU)
     initializer_range: float = 0.02  # std of the normal init (scratch runs)
+
+    def __post_init__(self) -> None:
+        for key, value in FAMILY_FEATURES[self.family].items():  # null: what the family has
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, value)
 
     @property
     def kv_heads(self) -> int:
@@ -104,6 +118,10 @@ class ModelConfig:
         return self.num_layers if self.num_layers <= UNROLL_ALL_MAX_LAYERS else 1
 
     def validate(self, path: str) -> None:
+        for key, value in FAMILY_FEATURES[self.family].items():  # every checkpoint of the family has them
+            require(getattr(self, key) == value, path, key,
+                    f"family {self.family!r} {'has' if value else 'has no'} {FEATURE_NAMES[key]}, so {key} must be "
+                    f"{str(value).lower()} (or left out), got {str(getattr(self, key)).lower()}")
         for key in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
                     "max_position_embeddings"):
             require(getattr(self, key) > 0, path, key, f"must be positive, got {getattr(self, key)}")

@@ -289,5 +289,7 @@ def check_mesh_batch(cfg: RunConfig, data_parallel: int) -> None:
 
 
 def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """The plan at `path` with `overrides` applied; a first phase from `hf:DIR` takes its model from there."""
+    from cpt_jax.train.upstream import resolve_upstream_model
     data = apply_overrides(load_yaml(path), list(overrides or []))
-    return from_dict(RunConfig, data)
+    return from_dict(RunConfig, resolve_upstream_model(data))

@@ -11,6 +11,7 @@ from cpt_jax.distributed import check_same_run, check_shared_dir, initialize
 from cpt_jax.host_memory import keep_freed_memory
 from cpt_jax.train.config import RunConfig, load_run_config
 from cpt_jax.train.loop import train
+from cpt_jax.train.run_dir import check_run_dir_path
 
 
 def launch(cfg: RunConfig, **extra: object) -> RunConfig:
@@ -20,6 +21,7 @@ def launch(cfg: RunConfig, **extra: object) -> RunConfig:
         keep_freed_memory()  # before jax.distributed and the backends start their threads
     cfg = dataclasses.replace(cfg, distributed=initialize(cfg.distributed))
     check_same_run(fingerprint(cfg, ignore=("distributed",)), **extra)
+    check_run_dir_path(cfg.run_dir)
     check_shared_dir(cfg.run_dir)
     return cfg
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from cpt_jax.config.base import to_dict
-from cpt_jax.errors import CheckpointError
+from cpt_jax.errors import CheckpointError, UserError
 from cpt_jax.train.config import RunConfig, plan_fingerprint
 from cpt_jax.train.plan_growth import (
     check_plan_change,
@@ -63,10 +63,22 @@ def move_run_aside(run_dir: Path) -> Path | None:
     return aside
 
 
+def check_run_dir_path(run_dir: str | Path) -> None:
+    """Refuse a run_dir that is (or lies inside) an existing file, before anything is written."""
+    run_dir = Path(run_dir)
+    for path in (run_dir, *run_dir.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "is a file" if path == run_dir else f"lies inside {path}, which is a file"
+                raise UserError(f"run_dir {run_dir} {what}, not a directory; choose another run_dir")
+            return
+
+
 def prepare_run_dir(cfg: RunConfig, force_new: bool, is_writer: bool) -> None:
     """Refuse to mix two plans in one run directory; force_new moves the old run (whatever its
     plan) aside and starts over."""
     run_dir = Path(cfg.run_dir)
+    check_run_dir_path(run_dir)
     saved = run_dir / "config.yaml"
     if saved.exists() and not force_new:
         old = yaml.safe_load(saved.read_text()) or {}

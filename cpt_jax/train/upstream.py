@@ -1,0 +1,55 @@
+"""The model of a plan whose first phase starts from a Hugging Face folder: the architecture is
+that folder's config.json (read as import-hf reads it), so the plan gives only how it runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cpt_jax.config.base import from_dict, to_dict
+from cpt_jax.errors import ConfigError
+from cpt_jax.hf.config_map import hf_config_to_model_config
+from cpt_jax.hf.importer import read_hf_config
+from cpt_jax.model.config import ModelConfig
+
+# Keys a plan may set over the upstream model: how it runs, not what it is.
+RUN_ONLY = ("dtype", "param_dtype", "remat", "attention", "scan_layers", "scan_unroll", "initializer_range")
+# Keys compared by what they mean (head_dim null and the head width written out are one model).
+EFFECTIVE = {"head_dim": "dim_per_head", "num_kv_heads": "kv_heads"}
+
+
+def _hf_dir(plan: dict) -> str | None:
+    phases = plan.get("phases")
+    first = phases[0] if isinstance(phases, list) and phases and isinstance(phases[0], dict) else {}
+    init = first.get("init")
+    return init[3:] if isinstance(init, str) and init.startswith("hf:") else None
+
+
+def _value(cfg: ModelConfig, key: str) -> Any:
+    return getattr(cfg, EFFECTIVE.get(key, key))
+
+
+def resolve_upstream_model(plan: dict) -> dict:
+    """`plan` (a plain dict) with its model section taken from phases[0]'s `hf:DIR`: the upstream
+    architecture, with the plan's run-only keys (RUN_ONLY) over it. A plan key that says another
+    architecture (hidden_size, num_layers, rope_theta, ...) is refused, naming both values. A
+    plan without such a start point, or whose folder is not there yet while the plan gives its
+    own model (checked before training starts), is returned as it is."""
+    hf_dir = _hf_dir(plan) if isinstance(plan, dict) else None
+    given = plan.get("model") if hf_dir is not None else None
+    if hf_dir is None or not isinstance(given if given is not None else {}, dict):
+        return plan
+    if not (Path(hf_dir) / "config.json").is_file():
+        if given is not None:
+            return plan
+        raise ConfigError("model", f"required key is missing, and phases[0].init hf:{hf_dir} has no config.json "
+                                   "to take the model from; fix the path or give the model section")
+    upstream = hf_config_to_model_config(read_hf_config(hf_dir))
+    merged = from_dict(ModelConfig, {**to_dict(upstream), **(given or {})}, "model")
+    for key in given or {}:
+        if key not in RUN_ONLY and _value(merged, key) != _value(upstream, key):
+            mine, theirs = _value(merged, key), _value(upstream, key)
+            raise ConfigError(f"model.{key}", f"{to_dict(mine)!r} contradicts the upstream model "
+                                              f"{Path(hf_dir) / 'config.json'} ({to_dict(theirs)!r}); phases[0] starts "
+                                              f"from it, so remove the key (the plan may set only {', '.join(RUN_ONLY)})")
+    return {**plan, "model": to_dict(merged)}
