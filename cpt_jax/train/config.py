@@ -162,7 +162,7 @@ class RunConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)  # jax.distributed (several hosts)
     tokenizer: str = ""  # sentencepiece .model or tokenizer.json; empty for synthetic data
     seed: int = 0  # parameter init (scratch phases)
-    keep_host_memory: bool = True  # glibc malloc keeps freed memory: no page faults per CPU step (host_memory.py)
+    keep_host_memory: Optional[bool] = None  # glibc keeps freed memory (no page faults per CPU step); null: on CPU-only runs
 
     @property
     def tokens_per_step(self) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cpt_jax.config.base import fingerprint
 from cpt_jax.distributed import check_same_run, check_shared_dir, initialize
-from cpt_jax.host_memory import keep_freed_memory
+from cpt_jax import host_memory
 from cpt_jax.train.config import RunConfig, load_run_config
 from cpt_jax.train.loop import train
 
@@ -16,8 +16,7 @@ from cpt_jax.train.loop import train
 def launch(cfg: RunConfig, **extra: object) -> RunConfig:
     """The config with its `distributed` section resolved. `extra`: per-invocation settings
     (command-line flags) that every process must share too."""
-    if cfg.keep_host_memory:
-        keep_freed_memory()  # before jax.distributed and the backends start their threads
+    host_memory.apply(cfg.keep_host_memory)  # before jax.distributed and the backends start their threads
     cfg = dataclasses.replace(cfg, distributed=initialize(cfg.distributed))
     check_same_run(fingerprint(cfg, ignore=("distributed",)), **extra)
     check_shared_dir(cfg.run_dir)

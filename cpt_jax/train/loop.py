@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from cpt_jax import host_memory
 from cpt_jax.checkpoint.run_checkpoint import RunCheckpointer
 from cpt_jax.config.base import to_dict
 from cpt_jax.distributed import processes_where
@@ -382,6 +383,8 @@ class Trainer:
 
 
 def train(cfg: RunConfig, **kwargs: Any) -> dict:
+    """Train or resume `cfg`: every training path (cpt-jax train, the demo, a library caller) ends here."""
+    host_memory.apply(cfg.keep_host_memory)  # done already where launch() ran, before JAX started
     return Trainer(cfg, **kwargs).run()
 
 
