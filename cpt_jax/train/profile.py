@@ -21,6 +21,10 @@ from cpt_jax.train.hooks import StepInfo
 
 @dataclass(frozen=True)
 class ProfileConfig:
+    """A jax.profiler trace of steps start_step+1 .. start_step+steps (global), written to
+    <run_dir>/profile/process-<i>/: `tensorboard --logdir RUN/profile` (profile plugin) or
+    Perfetto on its perfetto_trace.json.gz. A run resumed at or past start_step is not traced."""
+
     start_step: int = 0  # trace the steps after this global step (>= 1: the first step compiles) ...
     steps: int = 0  # ... this many of them (0: no trace)
     processes: Literal["first", "all"] = "first"  # which processes write a trace (each its own folder)
