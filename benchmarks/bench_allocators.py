@@ -8,7 +8,7 @@ evals and a checkpoint, as a real run has) in a fresh process, so that the mallo
 JAX's threads as it must: glibc's defaults (`system`), keep_host_memory's setting (`keep`), gentler
 glibc settings (no per-block mmap, but a bounded trim threshold or several arenas), and jemalloc /
 tcmalloc through LD_PRELOAD where the library is installed (Debian: libjemalloc2,
-libtcmalloc-minimal4). Rounds interleave the variants (ABC ABC ...) so that load from other users
+libtcmalloc-minimal4), jemalloc also with MALLOC_CONF=oversize_threshold:0. Rounds interleave the variants (ABC ABC ...) so that load from other users
 of a shared host lands on all of them. Per variant: the median step period after warm-up (the loop
 waits for each step, so consecutive steps' starts are one step apart), minor page faults per step
 over the same steps, and the process's peak resident memory (ru_maxrss).
@@ -40,7 +40,11 @@ GLIBC = {  # variant -> mallopt settings applied before JAX starts (None: glibc 
     "keep-arenas-default": ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1)),
     "keep-arena4": ((M_ARENA_MAX, 4), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1)),
 }
-PRELOAD = {"jemalloc": "libjemalloc.so.2", "tcmalloc": "libtcmalloc_minimal.so.4"}
+PRELOAD = {"jemalloc": "libjemalloc.so.2", "jemalloc-no-oversize": "libjemalloc.so.2",
+           "tcmalloc": "libtcmalloc_minimal.so.4"}
+# jemalloc >= 5.1 serves blocks above 8 MiB from an arena that purges them at once (each step
+# faults its block in again); without it, freed pages are kept for dirty_decay_ms (10 s) and reused.
+MALLOC_CONF = {"jemalloc-no-oversize": "oversize_threshold:0"}
 LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib")
 
 
@@ -103,6 +107,8 @@ def run_variant(variant: str, args, tmp: Path, round_: int) -> dict:
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     if variant in PRELOAD:
         env["LD_PRELOAD"] = find_library(PRELOAD[variant])
+    if variant in MALLOC_CONF:
+        env["MALLOC_CONF"] = MALLOC_CONF[variant]
     load = os.getloadavg()[0]
     proc = subprocess.Popen([sys.executable, __file__, "--child", variant, str(plan_path), "--warmup",
                              str(args.warmup)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
