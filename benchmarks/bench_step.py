@@ -52,7 +52,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from cpt_jax.host_memory import keep_freed_memory  # noqa: E402
+from cpt_jax.host_memory import KEEP_SETTINGS, is_glibc, set_malloc_options  # noqa: E402
 from cpt_jax.model.config import ModelConfig, RopeScalingConfig  # noqa: E402
 from cpt_jax.train.optimizer import OptimizerConfig  # noqa: E402
 from cpt_jax.sharding import MeshConfig, make_mesh  # noqa: E402
@@ -508,7 +508,7 @@ def backend_defaults(args: argparse.Namespace, accelerator: bool) -> argparse.Na
 def main() -> int:
     args = parse_args()
     # Before jax.default_backend() starts XLA's threads, as the trainer does (cpt_jax/host_memory.py).
-    kept = args.host_memory == "keep" and keep_freed_memory()
+    kept = args.host_memory == "keep" and is_glibc() and set_malloc_options(KEEP_SETTINGS)
     accelerator = jax.default_backend() != "cpu"
     args = backend_defaults(args, accelerator)
     threads = usable_cores()

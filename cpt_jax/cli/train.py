@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     apply_cpu_devices(args.cpu_devices)
-    from cpt_jax.train.launch import run_plan
+    from cpt_jax.train.loop import run_plan
 
     summary = run_plan(args.config, args.overrides, force_new=args.force_new, progress=not args.no_progress)
     if "stopped_at" in summary:

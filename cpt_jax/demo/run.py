@@ -215,10 +215,10 @@ def with_fitting_mesh(plan: dict) -> dict:
 
 
 def run_demo(cfg: DemoConfig, out: str | Path, progress: bool = True) -> Path:
-    from cpt_jax.host_memory import keep_freed_memory
+    from cpt_jax import host_memory
     from cpt_jax.train.loop import train
 
-    keep_freed_memory()  # what `cpt-jax train` does (keep_host_memory), before JAX starts its threads
+    host_memory.apply(None)  # as the demo's plans ask (keep_host_memory: null), before JAX starts its threads
     out = Path(out).absolute()
     timings: dict[str, float] = {}
     t = time.perf_counter()

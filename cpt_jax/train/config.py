@@ -19,6 +19,7 @@ from cpt_jax.schedules.config import ScheduleConfig
 from cpt_jax.sharding.mesh import MeshConfig
 from cpt_jax.tasks.config import TaskConfig
 from cpt_jax.train.optimizer import OptimizerConfig
+from cpt_jax.train.profile import ProfileConfig
 
 
 CARRY_PARTS = ("params", "optimizer", "data")
@@ -166,9 +167,10 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)  # held-out loss of every source
     log: LogConfig = field(default_factory=LogConfig)  # progress bar and TensorBoard
     distributed: DistributedConfig = field(default_factory=DistributedConfig)  # jax.distributed (several hosts)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)  # a jax.profiler trace of some steps
     tokenizer: str = ""  # sentencepiece .model or tokenizer.json; empty for synthetic data
     seed: int = 0  # parameter init (scratch phases)
-    keep_host_memory: bool = True  # glibc malloc keeps freed memory: no page faults per CPU step (host_memory.py)
+    keep_host_memory: Optional[bool] = None  # glibc keeps freed memory (no page faults per CPU step); null: on CPU-only runs
 
     @property
     def tokens_per_step(self) -> int:
@@ -262,7 +264,7 @@ class RunConfig:
 
 # Config sections that may change between a run and its resumption (a different mesh or
 # cadence does not change what is trained); everything else is "the plan".
-RESUMABLE_CHANGES = ("mesh", "distributed", "log", "checkpoint", "eval", "run_dir", "keep_host_memory")
+RESUMABLE_CHANGES = ("mesh", "distributed", "log", "checkpoint", "eval", "run_dir", "keep_host_memory", "profile")
 
 
 def plan_fingerprint(cfg: RunConfig) -> str:

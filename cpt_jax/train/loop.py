@@ -26,13 +26,15 @@ from cpt_jax.config.base import to_dict
 from cpt_jax.distributed import processes_where
 from cpt_jax.errors import TrainingDiverged
 from cpt_jax.sharding.placement import host_row_range, to_global_batch
-from cpt_jax.train.config import RunConfig, plan_fingerprint
+from cpt_jax.train.config import RunConfig, load_run_config, plan_fingerprint
 from cpt_jax.train.hooks import Hooks, StepInfo
+from cpt_jax.train.launch import launch
 from cpt_jax.train.loss import per_source_losses
 from cpt_jax.train.metrics import MetricsWriter, Progress
 from cpt_jax.train.mfu import device_peak_flops
 from cpt_jax.train.phase_init import (carried_stream_state, check_start_points, phase_start_params,
                                       run_checkpoint_start)
+from cpt_jax.train.profile import StepProfiler
 from cpt_jax.train.run_dir import check_fresh_start, holds_checkpoints, prepare_run_dir
 from cpt_jax.train.setup import RunSetup, build_setup
 from cpt_jax.train.freeze import carry_opt_state
@@ -105,6 +107,7 @@ class Trainer:
         self.ckpt: RunCheckpointer | None = None
         self.writer: MetricsWriter | None = None
         self.bar: Progress | None = None
+        self.profiler = StepProfiler(cfg.profile, cfg.run_dir, jax.process_index(), lambda line: self.bar.write(line))
         self.summary: dict = {}
         self.clock = Clock()  # where the wall time goes (train/goodput.py); restarted by run()
         self._stepped: set[int] = set()  # setups whose train step has compiled (ran once)
@@ -170,6 +173,7 @@ class Trainer:
         if resume_point:
             self.bar.write(f"resuming {cfg.run_dir} at step {resume_point[0]} (phase "
                            f"{cfg.phases[loop.phase].name!r}, step {loop.phase_step}/{setup.steps[loop.phase]})")
+            self.profiler.note_resume(resume_point[0])
         self.summary = {"run_dir": str(cfg.run_dir), "peak_flops_source": self.peak_source, "phases": []}
         try:
             with stop_requests(preemption_service=self.process_count > 1) as stop:
@@ -189,6 +193,7 @@ class Trainer:
         finally:
             if loop.train is not None:
                 self._write_time(int(loop.train.step))
+            self.profiler.close()
             self.bar.close()
             self.writer.close()
             self.ckpt.close()
@@ -265,11 +270,14 @@ class Trainer:
     def _hooks(self, loop: LoopState, pending: PendingMetrics) -> Hooks:
         cfg = self.cfg
         hooks = Hooks()
+        hooks.add("profile stop", lambda info: self.profiler.stop(info, loop.train), at_phase_end=False,
+                  due=self.profiler.stop_due)  # first, and its start last: the trace holds the steps alone
         hooks.add("log", lambda info: self._log(loop, pending), on_stop=True,
                   due=lambda info: len(pending.steps) >= cfg.log.every)
         hooks.add("eval", lambda info: self._evaluate(loop, info.step, announce=True), every=cfg.eval.every,
                   due=lambda info: cfg.eval.due(info.phase_step, info.step))  # dense early in a phase
         hooks.add("checkpoint", lambda info: self._save(loop), every=cfg.checkpoint.every, on_stop=True)
+        hooks.add("profile start", self.profiler.start, at_phase_end=False, due=self.profiler.start_due)
         return hooks
 
     def _run_phase(self, loop: LoopState, stop: dict) -> bool:
@@ -433,8 +441,17 @@ class Trainer:
         self.ckpt.save(step, loop.train.params, loop.train.opt_state, meta, ema=loop.train.ema)
 
 
-def train(cfg: RunConfig, **kwargs: Any) -> dict:
-    return Trainer(cfg, **kwargs).run()
+def train(cfg: RunConfig, force_new: bool = False, **kwargs: Any) -> dict:
+    """Train or resume `cfg`: every training path (cpt-jax train, the demo, a library caller) ends
+    here, so every key acts the same on each (host memory, jax.distributed: see launch)."""
+    cfg = launch(cfg, force_new=force_new)
+    return Trainer(cfg, force_new=force_new, **kwargs).run()
+
+
+def run_plan(plan: str | Path, overrides: list[str] | None = None, *, force_new: bool = False,
+             progress: bool = True) -> dict:
+    """`cpt-jax train`: load the plan and train or resume it."""
+    return train(load_run_config(plan, overrides), force_new=force_new, progress=progress)
 
 
 def _normalised(mixture: dict) -> dict:
