@@ -139,21 +139,29 @@ def test_rolling_windows_score_every_token_once():
             assert w.context == tuple(tokens[first - len(w.context):first])
 
 
-def test_rows_are_fixed_shape_and_left_truncated():
+def test_rows_are_left_truncated_and_bucketed():
     reqs = [Request((1, 2, 3), (4, 5)), Request((1,), (6,)), Request(tuple(range(1, 20)), (30, 31))]
-    batches = list(pack_rows(reqs, batch_size=2, seq_len=8))
-    assert [rows for _, rows in batches] == [2, 1]
+    batches = list(pack_rows(reqs, batch_size=2, max_len=8))
+    assert [idx for _, idx in batches] == [[2, 0], [1]]  # longest first
     b0, b1 = batches[0][0], batches[1][0]
-    assert all(v.shape == (2, 8) for b in (b0, b1) for v in b.values())
-    np.testing.assert_array_equal(b0["tokens"][0], [1, 2, 3, 4, 0, 0, 0, 0])
-    np.testing.assert_array_equal(b0["targets"][0], [2, 3, 4, 5, 0, 0, 0, 0])
-    np.testing.assert_array_equal(b0["score_mask"][0], [0, 0, 1, 1, 0, 0, 0, 0])
-    np.testing.assert_array_equal(b0["segment_ids"][1], [1, 0, 0, 0, 0, 0, 0, 0])
-    # 21 ids > seq_len + 1: the last 9 are kept, as lm-eval keeps (ctx + cont)[-(max_len + 1):].
-    np.testing.assert_array_equal(b1["tokens"][0], [13, 14, 15, 16, 17, 18, 19, 30])
-    np.testing.assert_array_equal(b1["targets"][0], [14, 15, 16, 17, 18, 19, 30, 31])
-    np.testing.assert_array_equal(b1["score_mask"][0], [0, 0, 0, 0, 0, 0, 1, 1])
+    assert all(v.shape == (2, 8) for b in (b0, b1) for v in b.values())  # MIN_ROW capped at max_len
+    # 21 ids > max_len + 1: the last 9 are kept, as lm-eval keeps (ctx + cont)[-(max_len + 1):].
+    np.testing.assert_array_equal(b0["tokens"][0], [13, 14, 15, 16, 17, 18, 19, 30])
+    np.testing.assert_array_equal(b0["targets"][0], [14, 15, 16, 17, 18, 19, 30, 31])
+    np.testing.assert_array_equal(b0["score_mask"][0], [0, 0, 0, 0, 0, 0, 1, 1])
+    np.testing.assert_array_equal(b0["tokens"][1], [1, 2, 3, 4, 0, 0, 0, 0])
+    np.testing.assert_array_equal(b0["targets"][1], [2, 3, 4, 5, 0, 0, 0, 0])
+    np.testing.assert_array_equal(b0["score_mask"][1], [0, 0, 1, 1, 0, 0, 0, 0])
+    np.testing.assert_array_equal(b1["segment_ids"][0], [1, 0, 0, 0, 0, 0, 0, 0])
     assert not b1["segment_ids"][1].any()  # the padding row scores nothing
+
+
+def test_rows_are_as_long_as_the_batch_needs_not_the_context():
+    """A context of 131072: short requests get rows of a power of two >= MIN_ROW, per batch."""
+    reqs = [Request((1,) * n, (2,)) for n in (3, 40, 20, 100, 5, 70)]
+    shapes = [(b["tokens"].shape, idx) for b, idx in pack_rows(reqs, batch_size=2, max_len=131072)]
+    assert shapes == [((2, 128), [3, 5]), ((2, 64), [1, 2]), ((2, 16), [4, 0])]
+    assert [b["tokens"].shape[1] for b, _ in pack_rows(reqs, 8, 50)] == [50]  # capped at the context
 
 
 def test_prepared_task_requests(tmp_path, tok):

@@ -18,8 +18,9 @@ DEFAULT_TASK_BATCH = 8  # rows per task batch without a plan (rounded up to the 
 
 
 def task_shape(loaded: LoadedModel, cfg: RunConfig | None) -> tuple[int, int]:
-    """(rows per batch, row length): the plan's eval batch and seq_len (the in-loop shape), else
-    the model's context length (what lm-eval uses) and a small batch."""
+    """(rows per batch, longest row): the plan's eval batch and seq_len (the in-loop shape), else
+    the model's context length (what lm-eval truncates and windows at) and a small batch. Each
+    batch's rows are only as long as its longest request needs (tasks.requests.pack_rows)."""
     if cfg is not None:
         return cfg.eval.batch_size or cfg.data.global_batch_size, cfg.data.seq_len
     dp = loaded.mesh.shape["data"] * loaded.mesh.shape["fsdp"]

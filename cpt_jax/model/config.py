@@ -82,6 +82,7 @@ class ModelConfig:
     scan_layers: bool = True  # one scanned block over stacked weights: compile time independent of depth
     scan_unroll: Optional[int] = None  # scan_layers: blocks per loop iteration; 0: all (no loop); null: auto
     attention: Literal["auto", "blocked", "xla", "cudnn", "splash", "pallas_gpu"] = "auto"  # auto: blocked (CPU), splash (TPU), pallas_gpu (GPU)
+    logits_chunk: Optional[int] = None  # LM head and loss over this many positions at a time (never the full logits); 0: full logits; null: auto
     initializer_range: float = 0.02  # std of the normal init (scratch runs)
 
     @property
@@ -119,6 +120,8 @@ class ModelConfig:
         require(self.rope_theta > 0, path, "rope_theta", "must be positive")
         require(self.rms_norm_eps > 0, path, "rms_norm_eps", "must be positive")
         require(self.initializer_range > 0, path, "initializer_range", "must be positive")
+        require(self.logits_chunk is None or self.logits_chunk >= 0, path, "logits_chunk",
+                f"must be >= 0 (0: full logits) or null (automatic), got {self.logits_chunk}")
         require(self.scan_unroll is None or self.scan_unroll >= 0, path, "scan_unroll",
                 f"must be >= 0 (0: every layer in one iteration) or null (automatic), got {self.scan_unroll}")
 

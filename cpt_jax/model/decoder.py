@@ -14,6 +14,7 @@ from flax import nnx
 
 from cpt_jax.model.config import ModelConfig
 from cpt_jax.model.layers import Block, RMSNorm, dtype_of, make_param
+from cpt_jax.model.lm_head import auto_chunk, head_logits, token_scores
 from cpt_jax.sharding.rules import Sharder
 
 REMAT_POLICIES = {
@@ -62,7 +63,13 @@ class Decoder(nnx.Module):
 
     def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
                  segment_ids: jax.Array | None = None) -> jax.Array:
-        """tokens, positions, segment_ids: [batch, length] int32. Returns fp32 logits.
+        """tokens, positions, segment_ids: [batch, length] int32. Returns the full fp32 logits, for
+        what truly needs them (sampling); losses and scores use `hidden` and `scores` instead."""
+        return self.logits(self.hidden(tokens, positions, segment_ids))
+
+    def hidden(self, tokens: jax.Array, positions: jax.Array | None = None,
+               segment_ids: jax.Array | None = None) -> jax.Array:
+        """The final-normed hidden states [batch, length, hidden] (compute dtype), before the LM head.
 
         segment_ids tell packed documents apart (attention never crosses them); padding is
         its own segment (0) and is excluded by the loss mask, not here.
@@ -72,14 +79,33 @@ class Decoder(nnx.Module):
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
         if segment_ids is None:
             segment_ids = jnp.ones_like(tokens)
-        dt = dtype_of(cfg.dtype)
-        x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(dtype_of(cfg.dtype))
         x = self.sharder.constrain(x, ("batch", "length", "act_embed"))
         x = self._scanned(x, positions, segment_ids) if cfg.scan_layers else self._unrolled(x, positions, segment_ids)
-        x = self.final_norm(x)
-        head = self.embed[...].T if cfg.tie_embeddings else self.lm_head[...]
-        logits = jnp.dot(x, head.astype(dt), preferred_element_type=jnp.float32)
-        return self.sharder.constrain(logits, ("batch", "length", "act_vocab"))
+        return self.final_norm(x)
+
+    def head_weight(self) -> jax.Array:
+        """The LM head [hidden, vocab] in the parameter dtype (the embedding's transpose when tied);
+        head_logits casts it to the compute dtype."""
+        return self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """Full fp32 logits [batch, length, vocab] of `hidden`."""
+        return self.sharder.constrain(head_logits(hidden, self.head_weight()), ("batch", "length", "act_vocab"))
+
+    def logits_chunk(self, rows: int, length: int) -> int:
+        """Positions per LM-head chunk for [rows, length] batches: cfg.logits_chunk, or automatic
+        (lm_head.auto_chunk of this mesh's rows and vocabulary per device) when null; 0 = none."""
+        if self.cfg.logits_chunk is not None:
+            return self.cfg.logits_chunk
+        return auto_chunk(-(-rows // self.sharder.ways("batch")),
+                          -(-self.cfg.vocab_size // self.sharder.ways("act_vocab")), length)
+
+    def scores(self, hidden: jax.Array, targets: jax.Array, greedy: bool = False) -> dict[str, jax.Array]:
+        """Per-token {'log_z', 'target'} (and 'greedy') of `hidden` [B, L, D] against `targets`
+        [B, L], the LM head applied chunk by chunk (lm_head.token_scores): the full logits never exist."""
+        chunk = self.logits_chunk(*targets.shape)
+        return token_scores(hidden, self.head_weight(), targets, chunk, self.sharder.constrain, greedy)
 
     def _unrolled(self, x, positions, segment_ids):
         run = _run_block

@@ -7,6 +7,7 @@ one table maps them onto the mesh, so changing the parallelism never touches the
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
 from typing import Any
 
 import jax
@@ -65,6 +66,14 @@ class Sharder:
     def is_split(self, axis: str) -> bool:
         """Whether a logical axis is actually divided over devices (mapped to a mesh axis > 1)."""
         return self.mesh is not None and logical_to_spec((axis,), self.rules, self.mesh)[0] is not None
+
+    def ways(self, axis: str) -> int:
+        """How many parts a logical axis is divided into on the mesh (1 without a mesh)."""
+        if self.mesh is None:
+            return 1
+        spec = logical_to_spec((axis,), self.rules, self.mesh)[0]
+        names = () if spec is None else (spec,) if isinstance(spec, str) else spec
+        return math.prod(self.mesh.shape[n] for n in names)
 
     def constrain(self, x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
         if self.mesh is None:

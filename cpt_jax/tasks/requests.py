@@ -1,4 +1,4 @@
-"""Log-likelihood requests and their fixed-shape rows.
+"""Log-likelihood requests and their rows.
 
 A request is (context ids, continuation ids): the model is scored on the continuation only.
 Ids are made as lm-evaluation-harness's HF model class makes them: trailing spaces of the context
@@ -64,19 +64,32 @@ def request_row(req: Request, seq_len: int) -> tuple[np.ndarray, np.ndarray, int
     return np.asarray(ids[:-1], np.int32), np.asarray(ids[1:], np.int32), n
 
 
-def pack_rows(requests: list[Request], batch_size: int, seq_len: int) -> Iterator[tuple[dict[str, np.ndarray], int]]:
-    """Batches {tokens, positions, segment_ids, targets, score_mask} of [batch_size, seq_len] and
-    the number of real rows in each (the last batch is padded with empty rows)."""
-    for start in range(0, len(requests), batch_size):
-        chunk = requests[start:start + batch_size]
-        batch = {k: np.zeros((batch_size, seq_len), np.int32)
+MIN_ROW = 16  # the shortest row length (bucket) a batch gets
+
+
+def row_length(longest: int, max_len: int) -> int:
+    """The bucket of a batch whose longest request has `longest` inputs: the next power of two,
+    at least MIN_ROW, at most max_len."""
+    return min(max(MIN_ROW, 1 << max(longest - 1, 0).bit_length()), max_len)
+
+
+def pack_rows(requests: list[Request], batch_size: int, max_len: int) -> Iterator[tuple[dict[str, np.ndarray], list[int]]]:
+    """Batches {tokens, positions, segment_ids, targets, score_mask} of [batch_size, row_length]
+    and the index of the request in each row (a last batch has fewer: its other rows are empty).
+    Requests go longest first (as lm-eval orders them), so each batch holds similar lengths."""
+    rows = [request_row(req, max_len) for req in requests]
+    order = sorted(range(len(requests)), key=lambda i: -len(rows[i][0]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        length = row_length(len(rows[idx[0]][0]), max_len)
+        batch = {k: np.zeros((batch_size, length), np.int32)
                  for k in ("tokens", "positions", "segment_ids", "targets", "score_mask")}
-        for r, req in enumerate(chunk):
-            inputs, targets, n = request_row(req, seq_len)
+        for r, i in enumerate(idx):
+            inputs, targets, n = rows[i]
             m = len(inputs)
             batch["tokens"][r, :m] = inputs
             batch["targets"][r, :m] = targets
             batch["positions"][r, :m] = np.arange(m)
             batch["segment_ids"][r, :m] = 1
             batch["score_mask"][r, m - n:m] = 1
-        yield batch, len(chunk)
+        yield batch, idx

@@ -263,11 +263,11 @@ def plan_fingerprint(cfg: RunConfig) -> str:
 
 def plan_dict(cfg: RunConfig) -> dict:
     """The plain form of a plan as runs compare it. The layer layout (model.scan_layers, and
-    scan_unroll) is how the model compiles, not what it trains: checkpoint restores convert it,
-    so it may change."""
+    scan_unroll) and the LM head's chunking (logits_chunk) are how the model compiles, not what it
+    trains: checkpoint restores convert the layout, so they may change."""
     plain = to_dict(cfg)
-    plain["model"].pop("scan_layers", None)
-    plain["model"].pop("scan_unroll", None)
+    for key in ("scan_layers", "scan_unroll", "logits_chunk"):
+        plain["model"].pop(key, None)
     return plain
 
 

@@ -20,14 +20,28 @@ def targets_and_mask(batch: dict) -> tuple[jax.Array, jax.Array]:
 
 
 def loss_sums(logits: jax.Array, batch: dict, z_loss: float = 0.0, num_sources: int = 0) -> dict[str, jax.Array]:
+    """`score_sums` from full logits [B, L, V] (the reference path; training never builds them)."""
+    targets, _ = targets_and_mask(batch)
+    logits = logits.astype(jnp.float32)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    return _sums(nll, jax.nn.logsumexp(logits, axis=-1), batch, z_loss, num_sources)
+
+
+def model_loss_sums(model, batch: dict, z_loss: float = 0.0, num_sources: int = 0) -> dict[str, jax.Array]:
+    """The loss sums of a Decoder on `batch`, its LM head applied chunk by chunk (Decoder.scores):
+    equal to loss_sums(model(...), ...) without ever holding the [B, L, V] logits."""
+    targets, _ = targets_and_mask(batch)
+    scores = model.scores(model.hidden(batch["tokens"], batch["positions"], batch["segment_ids"]), targets)
+    return _sums(scores["log_z"] - scores["target"], scores["log_z"], batch, z_loss, num_sources)
+
+
+def _sums(nll: jax.Array, log_z: jax.Array, batch: dict, z_loss: float, num_sources: int) -> dict[str, jax.Array]:
     """Sums (not means) so that gradient accumulation and data parallelism weight every token
-    equally, whatever the number of tokens in each micro-batch.
+    equally, whatever the number of tokens in each micro-batch. nll, log_z: [B, L] fp32.
 
     num_sources > 0: also 'source_nll' and 'source_tokens', [num_sources] sums over the tokens of
     each source (batch['source_ids'], the index of each row's source), from the same forward pass."""
-    targets, mask = targets_and_mask(batch)
-    logits = logits.astype(jnp.float32)
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    _, mask = targets_and_mask(batch)
     maskf = mask.astype(jnp.float32)
     out = {"nll_sum": jnp.sum(nll * maskf), "tokens": jnp.sum(maskf)}
     if num_sources:
@@ -39,7 +53,6 @@ def loss_sums(logits: jax.Array, batch: dict, z_loss: float = 0.0, num_sources: 
             out["source_nll"] = jnp.einsum("bt,btk->k", nll * maskf, onehot)
             out["source_tokens"] = jnp.einsum("bt,btk->k", maskf, onehot)
     if z_loss:
-        log_z = jax.nn.logsumexp(logits, axis=-1)
         out["z_sum"] = jnp.sum(z_loss * jnp.square(log_z) * maskf)
     else:
         out["z_sum"] = jnp.zeros((), jnp.float32)

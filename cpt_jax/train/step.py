@@ -13,13 +13,12 @@ from jax.sharding import Mesh, NamedSharding
 from cpt_jax.train.optimizer import OptimizerConfig
 from cpt_jax.sharding.placement import BATCH_AXES, batch_sharding, replicated
 from cpt_jax.sharding.rules import logical_to_spec
-from cpt_jax.train.loss import loss_sums
+from cpt_jax.train.loss import model_loss_sums
 from cpt_jax.train.state import TrainState, ema_update
 
 
 def _forward_sums(graphdef, params, batch, z_loss, num_sources=0):
-    logits = nnx.merge(graphdef, params)(batch["tokens"], batch["positions"], batch["segment_ids"])
-    return loss_sums(logits, batch, z_loss, num_sources)
+    return model_loss_sums(nnx.merge(graphdef, params), batch, z_loss, num_sources)
 
 
 def _zero_sums(num_sources: int) -> dict[str, jax.Array]:

@@ -1,5 +1,6 @@
 """Downstream tasks scored with the model being trained: one jitted log-likelihood function over
-fixed [B, L] rows on the run's mesh, shared by every task and every eval."""
+[B, L] rows on the run's mesh (L bucketed per batch, tasks.requests.pack_rows), shared by every
+task and every eval."""
 
 from __future__ import annotations
 
@@ -18,27 +19,30 @@ from cpt_jax.tasks import PreparedTask, TaskConfig, load_task_tokenizer, pack_ro
 
 
 def make_loglik_step(graphdef, params_shardings, mesh: Mesh) -> Callable:
-    """(params, batch) -> {'ll': [B]}: each row's summed log-probability of its scored targets
-    (fp32 log-softmax over the vocabulary, as lm-eval takes it)."""
+    """(params, batch) -> {'ll': [B], 'greedy': [B]}: each row's summed log-probability of its
+    scored targets (fp32 log-softmax over the vocabulary, as lm-eval takes it) and whether every
+    scored target is the argmax (lm-eval's is_greedy). The LM head runs chunk by chunk
+    (Decoder.scores): no [B, L, V] logits, whatever the row length."""
     def fn(params, batch):
-        logits = nnx.merge(graphdef, params)(batch["tokens"], batch["positions"], batch["segment_ids"])
-        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-        tok_lp = jnp.take_along_axis(logp, batch["targets"][..., None], axis=-1)[..., 0]
+        model = nnx.merge(graphdef, params)
+        hidden = model.hidden(batch["tokens"], batch["positions"], batch["segment_ids"])
+        scores = model.scores(hidden, batch["targets"], greedy=True)
         mask = batch["score_mask"] != 0
-        return {"ll": jnp.sum(jnp.where(mask, tok_lp, 0.0), axis=1)}
+        return {"ll": jnp.sum(jnp.where(mask, scores["target"] - scores["log_z"], 0.0), axis=1),
+                "greedy": jnp.all(scores["greedy"] | ~mask, axis=1)}
 
     return jax.jit(fn, in_shardings=(params_shardings, batch_sharding(mesh)), out_shardings=replicated(mesh))
 
 
 def request_logliks(loglik_step: Callable, params: Any, task: PreparedTask, batch_size: int, seq_len: int,
                     mesh: Mesh) -> np.ndarray:
-    """The log-likelihood of every request of `task`, in request order."""
+    """The log-likelihood of every request of `task`, in request order (rows of at most seq_len)."""
     sharding = batch_sharding(mesh)
-    out = []
-    for batch, rows in pack_rows(task.requests, batch_size, seq_len):
+    out = np.zeros((len(task.requests),), np.float64)
+    for batch, idx in pack_rows(task.requests, batch_size, seq_len):
         res = loglik_step(params, place_batch(batch, sharding))
-        out.append(np.asarray(jax.device_get(res["ll"]), np.float64)[:rows])
-    return np.concatenate(out) if out else np.zeros((0,), np.float64)
+        out[idx] = np.asarray(jax.device_get(res["ll"]), np.float64)[:len(idx)]
+    return out
 
 
 def evaluate_tasks(loglik_step: Callable, params: Any, tasks: Sequence[PreparedTask], batch_size: int, seq_len: int,
