@@ -186,6 +186,8 @@ def test_eval_model_bounded_memory_and_lm_eval_scores(smollm2_dir, tmp_path):
     theirs = run_lm_eval(smollm2_dir, {"facts": MC_YAML.format(name="facts", test=TASK, train=TASK, shots=0)},
                          tmp_path, batch_size=8)
     samples, _ = their_items(theirs, "facts")
+    print(f"facts: cpt_jax acc {ours['acc']:.4f} acc_norm {ours['acc_norm']:.4f}; lm-eval acc "
+          f"{theirs['results']['facts']['acc,none']:.4f} acc_norm {theirs['results']['facts']['acc_norm,none']:.4f}")
     assert ours["n"] == len(samples) == len(TASK.read_text().splitlines())
     for key in ("acc", "acc_norm"):
         assert ours[key] == pytest.approx(theirs["results"]["facts"][f"{key},none"], abs=1e-12), key
