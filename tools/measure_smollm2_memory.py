@@ -50,10 +50,13 @@ def prepare(tmp: Path, hf: Path) -> tuple[dict, dict]:
     """({"evals": data with held-out docs, "noevals": the same without}, import-hf's model section)."""
     import yaml
 
-    data = {}
+    data, docs = {}, tmp / "docs"
+    docs.mkdir()
+    for md in ("README.md", "BUILD.md", "benchmarks/RESULTS.md"):  # prepare reads .txt
+        (docs / Path(md).with_suffix(".txt").name).write_text((REPO / md).read_text())
     for name, held_out in (("evals", 16), ("noevals", 0)):
         data[name] = tmp / f"data-{name}"
-        subprocess.run([*CLI, "prepare", str(REPO / "README.md"), str(REPO / "BUILD.md"), "--out", str(data[name]),
+        subprocess.run([*CLI, "prepare", str(docs), "--out", str(data[name]),
                         "--tokenizer", str(hf / "tokenizer.json"), "--txt-split", "blank-lines",
                         "--eval-docs", str(held_out), "--quiet"], check=True, env=env(), capture_output=True)
     out = subprocess.run([*CLI, "import-hf", str(hf), str(tmp / "ckpt")], check=True, env=env(), capture_output=True,
