@@ -2,14 +2,13 @@
 default target delimiter and normalisation, k-shot drawn with its seed, `loglikelihood_rolling`):
 per-item log-likelihoods to 1e-4, accuracies and perplexities exactly, on the same tiny HF Llama."""
 
-import json
-import os
 import random
 
 import numpy as np
 import pytest
 
 from hf_fixtures import make_tiny_hf_model
+from lm_eval_fixtures import MC_YAML, ROLLING_YAML, run_lm_eval, their_items, write_jsonl
 
 lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is a test extra: pip install -e '.[test]'")
 
@@ -26,67 +25,19 @@ def _mc_doc(rng):
     return {"context": _words(rng, 3, 9), "choices": [_words(rng, 1, 5) for _ in range(n)], "gold": rng.randrange(n)}
 
 
-def _write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-MC_YAML = """task: {name}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {test}
-    train: {train}
-test_split: test
-fewshot_split: train
-num_fewshot: {shots}
-output_type: multiple_choice
-doc_to_text: "{{{{context}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{gold}}}}"
-metric_list:
-  - metric: acc
-  - metric: acc_norm
-"""
-
-ROLLING_YAML = """task: tinyroll
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {test}
-test_split: test
-output_type: loglikelihood_rolling
-doc_to_text: ""
-doc_to_target: "{{{{text}}}}"
-metric_list:
-  - metric: word_perplexity
-  - metric: byte_perplexity
-  - metric: bits_per_byte
-"""
-
-
 @pytest.fixture(scope="module")
 def both(tmp_path_factory):
     """(lm-eval's results and samples, cpt_jax's results) for three tasks on one HF folder."""
     tmp = tmp_path_factory.mktemp("lm_eval")
     hf_dir = make_tiny_hf_model(tmp / "hf", "llama", vocab_size=VOCAB)  # max_position_embeddings 128
     rng = random.Random(0)
-    test = _write_jsonl(tmp / "test.jsonl", [_mc_doc(rng) for _ in range(16)])
-    train = _write_jsonl(tmp / "train.jsonl", [_mc_doc(rng) for _ in range(8)])
+    test = write_jsonl(tmp / "test.jsonl", [_mc_doc(rng) for _ in range(16)])
+    train = write_jsonl(tmp / "train.jsonl", [_mc_doc(rng) for _ in range(8)])
     # Texts longer than the 128-token context: scored in several rolling windows.
-    texts = _write_jsonl(tmp / "texts.jsonl", [{"text": _words(rng, 20, 200)} for _ in range(3)])
-    tasks = tmp / "tasks"
-    tasks.mkdir()
-    for name, shots in (("tinymc0", 0), ("tinymc2", 2)):
-        (tasks / f"{name}.yaml").write_text(MC_YAML.format(name=name, test=test, train=train, shots=shots))
-    (tasks / "tinyroll.yaml").write_text(ROLLING_YAML.format(test=texts))
-
-    os.environ.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", HF_DATASETS_CACHE=str(tmp / "hf_cache"))
-    from lm_eval.tasks import TaskManager
-
-    theirs = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={hf_dir},dtype=float32",
-                                     tasks=["tinymc0", "tinymc2", "tinyroll"], device="cpu", batch_size=16,
-                                     log_samples=True, task_manager=TaskManager(include_path=str(tasks)))
+    texts = write_jsonl(tmp / "texts.jsonl", [{"text": _words(rng, 20, 200)} for _ in range(3)])
+    yamls = {name: MC_YAML.format(name=name, test=test, train=train, shots=shots)
+             for name, shots in (("tinymc0", 0), ("tinymc2", 2))}
+    theirs = run_lm_eval(hf_dir, {**yamls, "tinyroll": ROLLING_YAML.format(name="tinyroll", test=texts)}, tmp)
 
     from cpt_jax.eval import evaluate
     from cpt_jax.tasks import TaskConfig
@@ -98,16 +49,10 @@ def both(tmp_path_factory):
     return theirs, ours
 
 
-def _their_items(theirs, task):
-    samples = sorted(theirs["samples"][task], key=lambda s: s["doc_id"])
-    return samples, [[float(r[0]) if isinstance(r, (list, tuple)) else float(r) for r in s["filtered_resps"]]
-                     for s in samples]
-
-
 @pytest.mark.parametrize("task", ["tinymc0", "tinymc2"])
 def test_multiple_choice_matches_lm_eval(both, task):
     theirs, ours = both
-    samples, their_lls = _their_items(theirs, task)
+    samples, their_lls = their_items(theirs, task)
     our_lls = ours["task_details"][task]
     assert [len(x) for x in our_lls] == [len(x) for x in their_lls]
     np.testing.assert_allclose(np.concatenate(our_lls), np.concatenate(their_lls), atol=1e-4, rtol=0)
@@ -122,7 +67,7 @@ def test_acc_norm_decides_differently_somewhere(both):
     """The set is built so length normalisation changes at least one prediction (else acc_norm
     parity would not test the normalisation)."""
     theirs, _ = both
-    samples, lls = _their_items(theirs, "tinymc0")
+    samples, lls = their_items(theirs, "tinymc0")
     changed = [np.argmax(ll) != np.argmax(np.asarray(ll) / [len(c) for c in s["doc"]["choices"]])
                for s, ll in zip(samples, lls)]
     assert any(changed)
@@ -130,13 +75,13 @@ def test_acc_norm_decides_differently_somewhere(both):
 
 def test_kshot_prompts_match_lm_eval(both):
     theirs, _ = both
-    samples, _ = _their_items(theirs, "tinymc2")
+    samples, _ = their_items(theirs, "tinymc2")
     assert all(s["arguments"][0][0].count("\n\n") == 2 for s in samples)  # the k-shot path was exercised
 
 
 def test_rolling_perplexity_matches_lm_eval(both):
     theirs, ours = both
-    _, their_lls = _their_items(theirs, "tinyroll")
+    _, their_lls = their_items(theirs, "tinyroll")
     our_docs = [sum(windows) for windows in ours["task_details"]["tinyroll"]]
     assert max(len(w) for w in ours["task_details"]["tinyroll"]) > 1  # several windows were needed
     np.testing.assert_allclose(our_docs, [x[0] for x in their_lls], atol=1e-3, rtol=1e-6)
