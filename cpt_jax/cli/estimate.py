@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from cpt_jax.cli.train import apply_cpu_devices
+from cpt_jax.storage import as_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,5 +35,5 @@ def run(args: argparse.Namespace) -> int:
     result = estimate_plan(cfg, args.devices, device=args.device, mfu=args.mfu, compile=not args.analytic_only)
     print(format_estimate(result))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        as_path(args.json).write_text(json.dumps(result, indent=2))
     return 0

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import signal
 import time
-from pathlib import Path
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +25,7 @@ from cpt_jax.config.base import to_dict
 from cpt_jax.distributed import processes_where
 from cpt_jax.errors import TrainingDiverged
 from cpt_jax.sharding.placement import host_row_range, to_global_batch
+from cpt_jax.storage import absolute
 from cpt_jax.train.config import RunConfig, plan_fingerprint
 from cpt_jax.train.hooks import Hooks, StepInfo
 from cpt_jax.train.loss import per_source_losses
@@ -208,7 +208,7 @@ class Trainer:
             if loop.phase == 0 and cfg.branch_point:  # a branch: where it came from (and its streams)
                 parent, at = cfg.branch_point
                 data = carried_stream_state(meta, parent, cfg.data, where) if "data" in pc.carried else None
-                loop.branch = {"parent": str(Path(parent).absolute()), "step": at, "carry": sorted(pc.carried),
+                loop.branch = {"parent": str(absolute(parent)), "step": at, "carry": sorted(pc.carried),
                                **({"data": data} if data else {})}
         else:
             previous = None
