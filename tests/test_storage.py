@@ -33,7 +33,7 @@ def plan(run_dir: str, data: str, tok: Path) -> dict:
                   "num_kv_heads": 1, "max_position_embeddings": 16},
         "data": {"seq_len": 16, "global_batch_size": 8, "sources": {"text": {"path": data}}},
         "mesh": {"data": 1, "fsdp": 8, "tensor": 1},
-        "checkpoint": {"every": 2, "keep_last": 20, "async_save": True},
+        "checkpoint": {"every": 3, "keep_last": 20, "async_save": True},
         "eval": {"every": 100, "batches": 1},
         "log": {"every": 1, "tensorboard": True},
         "phases": PHASES,
@@ -63,61 +63,107 @@ def prepared(tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "data", tok
 
 
-def remote_rows(env: dict, url: str) -> dict[int, dict]:
-    """The train rows of a metrics.jsonl in the bucket, read as another process would."""
-    code = ("import sys, json; from cpt_jax.train.metrics import read_jsonl; "
-            "print(json.dumps(read_jsonl(sys.argv[1])))")
-    out = subprocess.run([sys.executable, "-c", code, url], env=env, capture_output=True, text=True, check=True)
-    return {r["step"]: r for r in json.loads(out.stdout) if r["kind"] == "train"}
+def remote_rows(em: Emulator, url: str, monkeypatch) -> dict[int, dict]:
+    """The train rows of a metrics.jsonl in the bucket (read in this process, as `report` would)."""
+    from cpt_jax.train.metrics import read_jsonl
+
+    for k, v in em.env().items():
+        monkeypatch.setenv(k, v)
+    return {r["step"]: r for r in read_jsonl(url) if r["kind"] == "train"}
 
 
 @pytest.mark.slow
-def test_gs_plan_killed_resumes_bit_identically_then_exports_evals_reports(tmp_path):
-    """A two-phase plan whose run_dir and prepared data are in a GCS bucket: kill -9 inside each
-    phase, resume, and get the losses of the same plan run straight through on local disk; then
-    export-hf, eval and report read the bucket and write into it."""
+def test_gs_plan_killed_resumes_bit_identically_then_exports_evals_reports(tmp_path, monkeypatch):
+    """A two-phase plan whose run_dir and prepared data are in a GCS bucket: kill -9 inside the
+    second phase, resume: the steps trained again are bit for bit the ones trained before the
+    kill. Then export-hf, eval and report read the bucket and write into it."""
     data, tok = prepared(tmp_path)
     with Emulator("gs", data_dir=tmp_path / "gcs") as em:
         em.make_bucket("bkt")
         env = cli_env(em, tmp_path)
         upload(data, "gs://bkt/data", em.env())
         (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan("gs://bkt/run", "gs://bkt/data", tok)))
-        before_kill = {}
-        for kill_at in (3, 9):  # inside each phase, after one of its checkpoints
-            proc = cli(env, tmp_path, "train", "plan.yaml", "--no-progress")
-            deadline = time.time() + 300
-            rows = {}
-            while max(rows, default=0) < kill_at and proc.poll() is None and time.time() < deadline:
-                time.sleep(0.5)
-                rows = remote_rows(env, "gs://bkt/run/metrics.jsonl")
-            assert proc.poll() is None, proc.communicate()[0][-3000:]
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            before_kill.update(remote_rows(env, "gs://bkt/run/metrics.jsonl"))
+        metrics = "gs://bkt/run/metrics.jsonl"
+        proc = cli(env, tmp_path, "train", "plan.yaml", "--no-progress")
+        deadline, rows = time.time() + 400, {}
+        while max(rows, default=0) < 8 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+            rows = remote_rows(em, metrics, monkeypatch)
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        os.kill(proc.pid, signal.SIGKILL)  # inside phase 'anneal', after its checkpoint at step 6
+        proc.wait()
+        before_kill = remote_rows(em, metrics, monkeypatch)
         out = cli(env, tmp_path, "train", "plan.yaml", "--no-progress").communicate()[0]
-        rows = remote_rows(env, "gs://bkt/run/metrics.jsonl")
+        rows = remote_rows(em, metrics, monkeypatch)
         assert sorted(rows) == list(range(1, 13)), out[-3000:]
-        assert all(rows[s]["loss"] == r["loss"] for s, r in before_kill.items())
-        # The same plan straight through on local disk: the same losses, bit for bit.
-        (tmp_path / "local.yaml").write_text(yaml.safe_dump(plan(str(tmp_path / "run"), str(data), tok)))
-        out = cli(env, tmp_path, "train", "local.yaml", "--no-progress").communicate()[0]
-        from cpt_jax.train.metrics import read_jsonl
-        local = {r["step"]: r["loss"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"}
-        assert local == {s: r["loss"] for s, r in rows.items()}, out[-2000:]
+        assert max(before_kill) >= 8 and all(rows[s]["loss"] == r["loss"] and rows[s]["lr"] == r["lr"]
+                                              for s, r in before_kill.items())
         # Export, eval and report: read from the bucket, written into it.
         out = cli(env, tmp_path, "export-hf", "gs://bkt/run", "gs://bkt/hf").communicate()[0]
         out += cli(env, tmp_path, "eval", "gs://bkt/run", "--json", "gs://bkt/eval.json").communicate()[0]
         out += cli(env, tmp_path, "report", "gs://bkt/run").communicate()[0]
-        code = ("import sys, json; from cpt_jax.storage import as_path; r = as_path('gs://bkt'); "
-                "print(json.dumps({'hf': sorted(p.name for p in (r / 'hf').iterdir()), "
-                "'eval': json.loads((r / 'eval.json').read_text()), "
-                "'report': sorted(p.name for p in (r / 'run' / 'report').iterdir()), "
-                "'tb': sorted(p.name for p in (r / 'run' / 'tensorboard').iterdir())}))")
-        found = json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                                          check=True).stdout)
-        assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(found["hf"]), out[-3000:]
-        final = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "eval" and r["step"] == 12
+        from cpt_jax.storage import as_path
+        from cpt_jax.train.metrics import read_jsonl
+
+        bucket = as_path("gs://bkt")
+        assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (bucket / "hf").iterdir()}, \
+            out[-3000:]
+        final = [r for r in read_jsonl(metrics) if r["kind"] == "eval" and r["step"] == 12
                  and r.get("weights", "raw") == "raw"][0]
-        assert abs(found["eval"]["heldout"]["text"]["loss"] - final["loss"]) < 1e-5
-        assert {"heldout.md", "curves-run.png"} <= set(found["report"]), out[-3000:]
-        assert found["tb"], "TensorBoard events in the bucket"
+        evaluated = json.loads((bucket / "eval.json").read_text())["heldout"]["text"]["loss"]
+        assert abs(evaluated - final["loss"]) < 1e-5
+        assert {"heldout.md", "curves-run.png"} <= {p.name for p in (bucket / "run" / "report").iterdir()}, out[-3000:]
+        assert any((bucket / "run" / "tensorboard").iterdir()), "TensorBoard events in the bucket"
+
+
+def short_plan(run_dir: str, data: str, tok: Path) -> dict:
+    p = plan(run_dir, data, tok)
+    p["phases"] = [dict(PHASES[0], steps=2)]
+    p["checkpoint"] = {"every": 2, "async_save": False}
+    p["log"] = {"every": 1, "tensorboard": False}
+    return p
+
+
+def one_error(proc: subprocess.Popen) -> str:
+    out = proc.communicate()[0]
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in out, out[-3000:]
+    return errors[0]
+
+
+@pytest.mark.slow
+def test_s3_data_is_read_through_the_local_cache_bit_identically(tmp_path):
+    """A prepared source on s3:// (moto): copied to the local cache, and the run's losses are
+    the ones the same source gives from local disk. run_dir on s3:// is refused by name."""
+    data, tok = prepared(tmp_path)
+    with Emulator("s3") as em:
+        em.make_bucket("bkt")
+        env = cli_env(em, tmp_path)
+        upload(data, "s3://bkt/data", em.env())
+        (tmp_path / "s3.yaml").write_text(yaml.safe_dump(short_plan(str(tmp_path / "a"), "s3://bkt/data", tok)))
+        (tmp_path / "local.yaml").write_text(yaml.safe_dump(short_plan(str(tmp_path / "b"), str(data), tok)))
+        out = cli(env, tmp_path, "train", "s3.yaml", "--no-progress").communicate()[0]
+        out += cli(env, tmp_path, "train", "local.yaml", "--no-progress").communicate()[0]
+        from cpt_jax.train.metrics import read_jsonl
+
+        losses = [[r["loss"] for r in read_jsonl(tmp_path / run / "metrics.jsonl") if r["kind"] == "train"]
+                  for run in ("a", "b")]
+        assert len(losses[0]) == 2 and losses[0] == losses[1], out[-3000:]
+        assert sorted(p.name for p in (tmp_path / "cache").rglob("*.arrayrecord")) == \
+               sorted(p.name for p in data.glob("*.arrayrecord"))
+        (tmp_path / "s3run.yaml").write_text(yaml.safe_dump(short_plan("s3://bkt/run", "s3://bkt/data", tok)))
+        assert "cannot be written to s3://" in one_error(cli(env, tmp_path, "train", "s3run.yaml", "--no-progress"))
+
+
+def test_missing_bucket_is_one_error_and_writes_nothing(tmp_path):
+    """A run_dir in a bucket that does not exist: one `error:` line naming the bucket, exit 2."""
+    tok = tmp_path / "tok.json"
+    with Emulator("gs") as em:
+        env = cli_env(em, tmp_path)
+        p = short_plan("gs://missing/run", str(tmp_path / "data"), tok)
+        p["data"]["sources"] = {"a": {"kind": "synthetic", "num_docs": 8, "eval_docs": 2}}
+        p["phases"][0]["mixture"] = {"a": 1.0}
+        del p["tokenizer"]
+        (tmp_path / "plan.yaml").write_text(yaml.safe_dump(p))
+        line = one_error(cli(env, tmp_path, "train", "plan.yaml", "--no-progress"))
+        assert "gs://missing" in line and "does not exist" in line, line
