@@ -32,6 +32,7 @@ import numpy as np
 
 from cpt_jax.config.base import require
 from cpt_jax.errors import ConfigError, UserError
+from cpt_jax.storage import as_path
 
 ENV_VARS = {
     "mode": "CPT_JAX_DISTRIBUTED",
@@ -302,7 +303,7 @@ def check_shared_dir(path: str | Path) -> None:
         return
     from jax.experimental import multihost_utils
 
-    path = Path(path)
+    path = as_path(path)
     nonce = int(multihost_utils.broadcast_one_to_all(np.int32(np.random.default_rng().integers(2**31 - 1))))
     probe = path / f".shared-check-{nonce}"
     if jax.process_index() == 0:

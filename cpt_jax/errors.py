@@ -30,3 +30,7 @@ class CheckpointError(UserError):
 
 class TrainingDiverged(UserError):
     """A non-finite loss; the message names the step and the last good checkpoint."""
+
+
+class StorageError(UserError):
+    """Object storage that cannot be used as asked (missing bucket, no permission, unreachable)."""

@@ -21,6 +21,7 @@ from cpt_jax.config.base import from_dict
 from cpt_jax.errors import ConfigError
 from cpt_jax.model.config import ModelConfig
 from cpt_jax.model.params import abstract_params
+from cpt_jax.storage import as_path
 
 ARRAY_ITEMS = ("params", "opt_state")
 OPTIONAL_ITEMS = ("ema",)  # the weight EMA, in runs that keep one (same tree as params)
@@ -96,7 +97,7 @@ def _array_damage(item_dir: Path, expected_shapes: dict | None) -> str | None:
 def find_damage(step_dir: str | Path, step: int, fmt: str) -> str | None:
     """What is wrong with the step's own files (a short phrase), or None if they are whole:
     all present, all readable on the host, and consistent with each other."""
-    step_dir = Path(step_dir)
+    step_dir = as_path(step_dir)
     if not step_dir.is_dir():
         return "its directory is missing"
     missing = [n for n in (*ARRAY_ITEMS, "meta") if not (step_dir / n).is_dir()]

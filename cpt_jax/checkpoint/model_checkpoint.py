@@ -23,6 +23,7 @@ from cpt_jax.config.base import from_dict, to_dict
 from cpt_jax.errors import ConfigError
 from cpt_jax.model.config import ModelConfig
 from cpt_jax.model.params import abstract_params, find_layout, relayout, to_layout, with_shardings
+from cpt_jax.storage import absolute, as_path, copy, is_remote, upload_tree
 
 FORMAT = "cpt_jax.model/1"
 ITEMS = ("params", "meta")
@@ -43,7 +44,7 @@ def parse_ckpt_ref(ref: str) -> tuple[str, int | None]:
 
 def manager_dir(path: str | Path) -> Path:
     """A run directory holds its steps in checkpoints/; a model checkpoint holds them directly."""
-    path = Path(path).absolute()
+    path = absolute(path)
     return path / "checkpoints" if (path / "checkpoints").is_dir() else path
 
 
@@ -157,9 +158,9 @@ class HostParamReader:
 def check_output_dir(out: Path, overwrite: bool, *protected: Path) -> None:
     """Refuse a non-empty output (unless overwrite) and an output whose replacement would delete
     an input (the input itself or a folder holding it)."""
-    out = out.absolute()
+    out = absolute(out)
     for p in protected:
-        p = Path(p).absolute()
+        p = absolute(p)
         if out == p or out in p.parents:
             raise UserError(f"output {out} would replace the input {p}; write to a separate folder")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
@@ -170,7 +171,12 @@ def check_output_dir(out: Path, overwrite: bool, *protected: Path) -> None:
 def staged_output(out_dir: str | Path) -> Iterator[Path]:
     """A temporary sibling of `out_dir` that replaces it only when the block succeeds: the
     output is whole or absent, never half-written."""
-    out = Path(out_dir).absolute()
+    out = absolute(out_dir)
+    if is_remote(out):  # a bucket has no rename: stage locally, upload once whole
+        with tempfile.TemporaryDirectory(prefix=".cpt-jax-out-") as tmp:
+            yield Path(tmp)
+            upload_tree(Path(tmp), out)
+        return
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -191,7 +197,7 @@ def save_model_checkpoint(out_dir: str | Path, params: Any, model_cfg: ModelConf
     """Write step 0 (`params`, `meta`) and `tokenizer/` (the TOKENIZER_FILES found in
     `tokenizer_dir`) as one orbax CheckpointManager directory, whole or not at all. `host_gb`:
     host copies in flight (default SAVE_HOST_GB; never below the largest array)."""
-    out = Path(out_dir).absolute()
+    out = absolute(out_dir)
     check_output_dir(out, overwrite)
     with staged_output(out) as tmp:
         # The files StandardSave writes (StandardRestore reads them), through a handler that bounds
@@ -210,10 +216,10 @@ def save_model_checkpoint(out_dir: str | Path, params: Any, model_cfg: ModelConf
         mngr.save(0, args=ocp.args.Composite(params=ocp.args.PyTreeSave(params), meta=ocp.args.JsonSave(meta)))
         mngr.wait_until_finished()
         mngr.close()
-        found = [Path(tokenizer_dir) / n for n in TOKENIZER_FILES] if tokenizer_dir else []
+        found = [as_path(tokenizer_dir) / n for n in TOKENIZER_FILES] if tokenizer_dir else []
         found = [f for f in found if f.is_file()]
         if found:
             (tmp / "tokenizer").mkdir()
             for f in found:
-                shutil.copy2(f, tmp / "tokenizer" / f.name)
+                copy(f, tmp / "tokenizer" / f.name)
     return out

@@ -16,7 +16,6 @@ import functools
 import logging
 import os
 import re
-import shutil
 import sys
 import time
 import traceback
@@ -31,7 +30,7 @@ import orbax.checkpoint as ocp
 from cpt_jax.checkpoint.damage import find_damage
 from cpt_jax.checkpoint.model_checkpoint import saved_model_config
 from cpt_jax.config.base import require
-from cpt_jax.errors import CheckpointError
+from cpt_jax.errors import CheckpointError, StorageError
 from cpt_jax.model.params import (
     find_layout,
     num_stacked,
@@ -39,6 +38,7 @@ from cpt_jax.model.params import (
     stack_layers,
     to_layout,
 )
+from cpt_jax.storage import absolute, is_remote, move, storage_error
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,11 @@ class RunCheckpointer:
     def __init__(self, run_dir: str | Path, cfg: CheckpointConfig, read_only: bool = False):
         """read_only: another run's checkpoints (a branch's parent, possibly still training):
         nothing is created, cleaned up or deleted there."""
-        self.directory = Path(run_dir).absolute() / "checkpoints"
+        if str(run_dir).startswith("s3://"):
+            raise StorageError(f"run_dir {run_dir}: checkpoints cannot be written to s3:// (orbax {ocp.__version__} "
+                               "hands only local and gs:// paths to tensorstore); use gs:// or a shared filesystem "
+                               "for run_dir (prepared data and HF folders may be on s3://)")
+        self.directory = absolute(run_dir) / "checkpoints"
         options = ocp.CheckpointManagerOptions(
             max_to_keep=cfg.keep_last,
             keep_period=cfg.keep_every or None,
@@ -213,7 +217,7 @@ class RunCheckpointer:
                     log.warning(msg)
                     if jax.process_index() == 0:
                         aside.parent.mkdir(parents=True, exist_ok=True)
-                        shutil.move(str(self.directory / str(step)), str(aside))
+                        move(self.directory / str(step), aside)
                     quarantined = True
             return None
         finally:
@@ -335,6 +339,13 @@ def _write_probe(directory: Path) -> OSError | None:
     """Try a small write where the step went: the error the filesystem gives now (ENOSPC,
     EROFS, EACCES), or None if it takes writes again."""
     probe = directory / f".write-probe-{os.getpid()}"
+    if is_remote(directory):  # no fsync there: a small object must be accepted
+        try:
+            probe.write_bytes(b"\0" * 4096)
+            probe.unlink()
+        except Exception as e:  # noqa: BLE001 - gcsfs, aiohttp and botocore raise their own
+            return OSError(0, str(storage_error(directory, e, "writing to")))
+        return None
     try:
         with open(probe, "wb") as f:
             f.write(b"\0" * 4096)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from pathlib import Path
 
 from cpt_jax.cli.train import apply_cpu_devices
 from cpt_jax.errors import UserError
+from cpt_jax.storage import as_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,5 +55,5 @@ def run(args: argparse.Namespace) -> int:
                            target=args.target, slices=args.slices, breakdown=args.breakdown)
     print(format_estimate(result))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        as_path(args.json).write_text(json.dumps(result, indent=2))
     return 0

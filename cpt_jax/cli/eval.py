@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from cpt_jax.cli.common import add_cpu_devices_argument, apply_cpu_devices
+from cpt_jax.storage import as_path
 
 
 def _pair(text: str) -> tuple[str, str]:
@@ -57,6 +57,6 @@ def run(args: argparse.Namespace) -> int:
                        batches=args.batches, tokenizer=args.tokenizer)
     print(format_results(results))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        as_path(args.json).write_text(json.dumps(results, indent=2))
         print(f"wrote {args.json}", file=sys.stderr)
     return 0

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
+
+from cpt_jax.storage import as_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
                       phase=args.phase)
     print(format_fit(fit))
     if args.json:
-        Path(args.json).write_text(json.dumps(fit_to_dict(fit), indent=2))
+        as_path(args.json).write_text(json.dumps(fit_to_dict(fit), indent=2))
         print(f"wrote {args.json}")
     if args.plot:
         plot_fit(fit, args.plot)

@@ -20,6 +20,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 import yaml
 
 from cpt_jax.errors import ConfigError
+from cpt_jax.storage import as_path
 
 T = TypeVar("T")
 
@@ -189,7 +190,7 @@ def _list_index(node: list, part: str, key: str) -> int:
 
 
 def load_yaml(path: str | Path) -> dict:
-    path = Path(path)
+    path = as_path(path)
     if not path.is_file():
         raise ConfigError("", f"config file {path} does not exist")
     try:

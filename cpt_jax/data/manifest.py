@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from cpt_jax.errors import DataError
+from cpt_jax.storage import as_path, prefetch
 
 FORMAT = "cpt_jax.prepared/1"
 MANIFEST = "manifest.json"
@@ -46,7 +48,7 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 def read_manifest(root: Path) -> dict:
     """The manifest of a prepared directory, or an error that says how to get one."""
-    root = Path(root)
+    root = as_path(root)
     if not root.is_dir():
         raise DataError(f"prepared data directory {root} does not exist; run `cpt-jax prepare ... --out {root}`")
     path = root / MANIFEST
@@ -91,19 +93,20 @@ class Prepared:
 
 
 def open_prepared(root: str | Path) -> Prepared:
-    root = Path(root)
+    root = as_path(root)
     manifest = read_manifest(root)
-    with np.load(root / manifest["lengths_file"]) as npz:
+    with np.load(io.BytesIO((root / manifest["lengths_file"]).read_bytes())) as npz:
         lengths = {s: npz[s].astype(np.int64) for s in SPLITS}
     splits = {}
     for split in SPLITS:
         info = manifest["splits"][split]
         shards = tuple(str(root / name) for name in info["shards"])
-        missing = [s for s in shards if not Path(s).is_file()]
+        missing = [s for s in shards if not as_path(s).is_file()]
         if missing:
             raise DataError(f"{root}: shard {missing[0]} listed in {MANIFEST} is missing; rerun `cpt-jax prepare`")
         if len(lengths[split]) != info["documents"] or int(lengths[split].sum()) != info["tokens"]:
             raise DataError(f"{root}: {manifest['lengths_file']} does not match {MANIFEST} for split "
                             f"'{split}'; rerun `cpt-jax prepare --overwrite`")
         splits[split] = PreparedSplit(shards, lengths[split])
+        prefetch(list(shards))  # a source in a bucket: copied to the local cache while the model compiles
     return Prepared(root, manifest, splits)

@@ -11,6 +11,7 @@ from cpt_jax.data.config import SourceConfig
 from cpt_jax.errors import DataError
 from cpt_jax.data.manifest import open_prepared
 from cpt_jax.data.synthetic import EOS_ID, SyntheticDocs
+from cpt_jax.storage import local_copy
 
 
 class Documents(Protocol):
@@ -40,7 +41,7 @@ class PreparedDocs:
         if self._records is None:
             import grain
 
-            self._records = grain.sources.ArrayRecordDataSource(list(self.shards))
+            self._records = grain.sources.ArrayRecordDataSource([str(local_copy(s)) for s in self.shards])
         return self._records
 
     def __getitem__(self, i: int) -> np.ndarray:

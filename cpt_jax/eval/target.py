@@ -16,6 +16,7 @@ from cpt_jax.errors import UserError
 from cpt_jax.hf import hf_config_to_model_config, load_hf_params, read_hf_config
 from cpt_jax.model.config import ModelConfig
 from cpt_jax.model.params import abstract_model, check_compatible, param_shardings
+from cpt_jax.storage import as_path
 from cpt_jax.train.config import RunConfig, load_run_config
 
 
@@ -35,7 +36,7 @@ class LoadedModel:
 
 def run_dir_config(run_dir: str | Path, overrides: list[str] | None = None) -> RunConfig | None:
     """The RunConfig a run directory was trained with (its config.yaml), or None if it has none."""
-    saved = Path(run_dir) / "config.yaml"
+    saved = as_path(run_dir) / "config.yaml"
     if not saved.is_file():
         return None
     doc = yaml.safe_load(saved.read_text()) or {}
@@ -50,9 +51,9 @@ def resolve_plan(target: str | None, plan: str | None, overrides: list[str]) -> 
     if target is None:
         return None, None
     path, _ = parse_ckpt_ref(target)
-    if not Path(path).exists():
+    if not as_path(path).exists():
         raise UserError(f"{path} does not exist; name a run directory, a checkpoint (DIR or DIR@STEP) or a plan YAML")
-    if Path(path).is_file() and Path(path).suffix in (".yaml", ".yml"):
+    if as_path(path).is_file() and as_path(path).suffix in (".yaml", ".yml"):
         cfg = load_run_config(path, overrides)
         return cfg, cfg.run_dir
     return run_dir_config(path, overrides), target
@@ -72,7 +73,7 @@ def checkpoint_phase(ref: str | None, cfg: RunConfig) -> int:
 
 
 def _checkpoint_tokenizer(path: str) -> str:
-    folder = Path(path) / "tokenizer"
+    folder = as_path(path) / "tokenizer"
     for name in ("tokenizer.json", "tokenizer.model"):
         if (folder / name).is_file():
             return str(folder / name)
@@ -81,7 +82,7 @@ def _checkpoint_tokenizer(path: str) -> str:
 
 def load_checkpoint(ref: str, cfg: RunConfig | None, mesh: Mesh) -> LoadedModel:
     path, step = parse_ckpt_ref(ref)
-    if not Path(path).exists():
+    if not as_path(path).exists():
         raise UserError(f"checkpoint {path} does not exist; train first, or name a run directory or a model "
                         "checkpoint (DIR or DIR@STEP)")
     saved = read_model_config(path, step)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from cpt_jax.hf.config_map import model_config_to_hf_config
 from cpt_jax.hf.safetensors_io import ShardWriter, parse_size
 from cpt_jax.hf.spm_tokenizer import spm_to_hf_tokenizer
 from cpt_jax.hf.weights import Mapping, get_path, mappings, set_path
+from cpt_jax.storage import absolute, as_path, copy
 
 EXPORT_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}  # what safetensors shards hold
 GENERATION_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -36,12 +36,12 @@ def _tokenizer_files(ckpt: Path, meta: dict, tokenizer_file: str | Path | None) 
     sentencepiece .model), the model checkpoint's copy, or the HF folder the weights came from."""
     candidates = [ckpt / "tokenizer"]
     source = meta.get("source") or {}  # tokenizer_dir: the new tokenizer of a vocabulary extension
-    candidates += [Path(source[k]) for k in ("tokenizer_dir", "hf_dir") if source.get(k)]
+    candidates += [as_path(source[k]) for k in ("tokenizer_dir", "hf_dir") if source.get(k)]
     if tokenizer_file is None and (ckpt / "config.yaml").is_file():
         run = yaml.safe_load((ckpt / "config.yaml").read_text()) or {}
         tokenizer_file = (run.get("config") or {}).get("tokenizer") or None
     if tokenizer_file:
-        tokenizer_file = Path(tokenizer_file)
+        tokenizer_file = as_path(tokenizer_file)
         if tokenizer_file.suffix == ".model":
             return [tokenizer_file]
         candidates.insert(0, tokenizer_file.parent)
@@ -60,7 +60,7 @@ def _write_tokenizer(files: list[Path], out: Path, hf_config: dict) -> None:
                       "(pass --tokenizer to include one)", stacklevel=3)
         return
     for f in files:
-        shutil.copy2(f, out / ("tokenizer.model" if f.suffix == ".model" else f.name))
+        copy(f, out / ("tokenizer.model" if f.suffix == ".model" else f.name))
     if len(files) == 1 and files[0].suffix == ".model":
         import sentencepiece as spm
 
@@ -124,7 +124,7 @@ def export_hf(ckpt_dir: str | Path, out_dir: str | Path, *, dtype: str = "float3
         raise UserError(f"export dtype {dtype!r}: choose one of {', '.join(EXPORT_DTYPES)} (or bf16, fp32)")
     np_dtype = EXPORT_DTYPES[dtype_name]
     max_bytes = parse_size(max_shard_size)
-    ckpt, out = Path(ckpt_dir), Path(out_dir).absolute()
+    ckpt, out = as_path(ckpt_dir), absolute(out_dir)
     check_output_dir(out, overwrite, ckpt, manager_dir(ckpt))
     with HostParamReader(ckpt, step, item="ema" if ema else "params") as reader:
         source = reader.meta.get("source") or {}

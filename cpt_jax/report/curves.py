@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from cpt_jax.report.runs import RunRecord  # noqa: E402
+from cpt_jax.storage import as_path
 
 
 def _mark_phases(ax, run: RunRecord) -> None:
@@ -88,10 +89,11 @@ def plot_compare(runs: list[RunRecord], out: str | Path) -> Path:
 
 
 def _save(fig, out: str | Path) -> Path:
-    out = Path(out)
+    out = as_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with tmp.open("wb") as f:  # a file object: the folder may be in a bucket
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
     tmp.replace(out)
     return out

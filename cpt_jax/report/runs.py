@@ -9,6 +9,7 @@ import yaml
 
 from cpt_jax.errors import UserError
 from cpt_jax.config.base import from_dict
+from cpt_jax.storage import as_path
 from cpt_jax.train.config import RunConfig
 from cpt_jax.train.metrics import read_jsonl
 
@@ -52,7 +53,7 @@ class RunRecord:
 
 
 def load_run(path: str | Path, label: str | None = None) -> RunRecord:
-    path = Path(path)
+    path = as_path(path)
     cfg_file = path / "config.yaml"
     if not cfg_file.exists():
         raise UserError(f"{path} is not a cpt_jax run directory (no config.yaml); pass the run_dir of a "

@@ -11,6 +11,7 @@ from cpt_jax.report.runs import load_run
 from cpt_jax.report.stability import stability_table
 from cpt_jax.report.tables import data_table, phase_table
 from cpt_jax.train.goodput import format_goodput, goodput
+from cpt_jax.storage import as_path
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ def write_report(run_dirs: list[str], out: str | Path | None = None, labels: lis
     if len(labels) != len(run_dirs):
         raise UserError(f"{len(labels)} labels given for {len(run_dirs)} runs; give one label per run")
     runs = [load_run(d, label) for d, label in zip(run_dirs, labels)]
-    out = Path(out or Path(run_dirs[0]) / "report")
+    out = as_path(out or as_path(run_dirs[0]) / "report")
     written = [plot_run(r, out / f"curves-{r.label}.png") for r in runs]
     if len(runs) > 1:
         written.append(plot_compare(runs, out / "compare.png"))

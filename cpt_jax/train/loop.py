@@ -11,9 +11,9 @@ it calls: `_log`, `_evaluate`, `_save`.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
-from pathlib import Path
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +26,7 @@ from cpt_jax.config.base import to_dict
 from cpt_jax.distributed import processes_where
 from cpt_jax.errors import TrainingDiverged
 from cpt_jax.sharding.placement import host_row_range, to_global_batch
+from cpt_jax.storage import absolute
 from cpt_jax.train.config import RunConfig, load_run_config, plan_fingerprint
 from cpt_jax.train.hooks import Hooks, StepInfo
 from cpt_jax.train.launch import launch
@@ -229,7 +230,7 @@ class Trainer:
             if loop.phase == 0 and cfg.branch_point:  # a branch: where it came from (and its streams)
                 parent, at = cfg.branch_point
                 data = carried_stream_state(meta, parent, cfg.data, where) if "data" in pc.carried else None
-                loop.branch = {"parent": str(Path(parent).absolute()), "step": at, "carry": sorted(pc.carried),
+                loop.branch = {"parent": str(absolute(parent)), "step": at, "carry": sorted(pc.carried),
                                **({"data": data} if data else {})}
         else:
             previous = None
@@ -448,7 +449,7 @@ def train(cfg: RunConfig, force_new: bool = False, **kwargs: Any) -> dict:
     return Trainer(cfg, force_new=force_new, **kwargs).run()
 
 
-def run_plan(plan: str | Path, overrides: list[str] | None = None, *, force_new: bool = False,
+def run_plan(plan: str | os.PathLike, overrides: list[str] | None = None, *, force_new: bool = False,
              progress: bool = True) -> dict:
     """`cpt-jax train`: load the plan and train or resume it."""
     return train(load_run_config(plan, overrides), force_new=force_new, progress=progress)

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from cpt_jax.errors import UserError
+from cpt_jax.storage import AppendLog, as_path
 from cpt_jax.train.run_dir import holds_checkpoints
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    path = Path(path)
+    path = as_path(path)
     if not path.exists():
         return []
     out = []
@@ -78,7 +79,7 @@ class MetricsWriter:
         wandb_project: also log to this W&B project (None: no W&B); wandb_mode: offline or online;
         wandb_config: the run's config shown in W&B."""
         self.enabled = enabled
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = as_path(run_dir) / "metrics.jsonl"
         self._tb = None
         self._wandb = None
         if not enabled:
@@ -97,10 +98,10 @@ class MetricsWriter:
         tmp = self.path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
         tmp.replace(self.path)
-        self._file = self.path.open("a")
+        self._file = AppendLog(self.path)
         if tensorboard:
             from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"),
+            self._tb = SummaryWriter(str(as_path(run_dir) / "tensorboard"),
                                      purge_step=resume_point[0] + 1 if resume_point else None)
         if wandb_project:
             self._wandb = WandbSink(Path(run_dir), wandb_project, wandb_mode, wandb_config)

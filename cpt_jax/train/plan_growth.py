@@ -18,6 +18,7 @@ from cpt_jax.checkpoint.model_checkpoint import read_meta
 from cpt_jax.config.base import fingerprint, from_dict, to_dict
 from cpt_jax.errors import ConfigError, UserError
 from cpt_jax.schedules import lr_at
+from cpt_jax.storage import as_path
 from cpt_jax.train.config import RESUMABLE_CHANGES, RunConfig, plan_dict, plan_fingerprint
 
 BUDGET = ("steps", "tokens")
@@ -31,7 +32,7 @@ def phase_fingerprints(cfg: RunConfig) -> list[str]:
 def trained_progress(run_dir: str | Path) -> tuple[int, int] | None:
     """(phase, steps done in it) of the newest readable checkpoint of a run directory; None
     when it holds none (then no phase has started)."""
-    directory = Path(run_dir) / "checkpoints"
+    directory = as_path(run_dir) / "checkpoints"
     steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
     for step in reversed(steps):
         try:

@@ -6,7 +6,6 @@ scratch is refused while the directory holds checkpoints (good or damaged ones).
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import yaml
 
 from cpt_jax.config.base import to_dict
 from cpt_jax.errors import CheckpointError, UserError
+from cpt_jax.storage import absolute, as_path, check_writable, move
 from cpt_jax.train.config import RunConfig, plan_fingerprint
 from cpt_jax.train.plan_growth import (
     check_plan_change,
@@ -32,7 +32,7 @@ def _holds_steps(directory: Path) -> bool:
 def holds_checkpoints(run_dir: str | Path) -> bool:
     """Whether the run directory holds checkpoint steps, good (checkpoints/) or damaged
     (corrupt-checkpoints/): then it must resume or be moved aside, never restart in place."""
-    run_dir = Path(run_dir)
+    run_dir = as_path(run_dir)
     return _holds_steps(run_dir / "checkpoints") or _holds_steps(run_dir / "corrupt-checkpoints")
 
 
@@ -42,8 +42,8 @@ def check_fresh_start(run_dir: str | Path) -> None:
     if holds_checkpoints(run_dir):
         raise CheckpointError(
             f"{run_dir} holds checkpoints but none can be resumed (damaged ones are in "
-            f"{Path(run_dir) / 'corrupt-checkpoints'}); nothing was changed: restore a good step into "
-            f"{Path(run_dir) / 'checkpoints'}, or start over with force_new (`cpt-jax train --force-new`), "
+            f"{as_path(run_dir) / 'corrupt-checkpoints'}); nothing was changed: restore a good step into "
+            f"{as_path(run_dir) / 'checkpoints'}, or start over with force_new (`cpt-jax train --force-new`), "
             "which moves the old run aside")
 
 
@@ -59,7 +59,7 @@ def move_run_aside(run_dir: Path) -> Path | None:
         aside = run_dir / f"previous-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
     aside.mkdir()
     for name in present:
-        shutil.move(str(run_dir / name), str(aside / name))
+        move(run_dir / name, aside / name)
     return aside
 
 
@@ -77,7 +77,7 @@ def check_run_dir_path(run_dir: str | Path) -> None:
 def prepare_run_dir(cfg: RunConfig, force_new: bool, is_writer: bool) -> None:
     """Refuse to mix two plans in one run directory; force_new moves the old run (whatever its
     plan) aside and starts over."""
-    run_dir = Path(cfg.run_dir)
+    run_dir = as_path(cfg.run_dir)
     check_run_dir_path(run_dir)
     saved = run_dir / "config.yaml"
     if saved.exists() and not force_new:
@@ -86,13 +86,14 @@ def prepare_run_dir(cfg: RunConfig, force_new: bool, is_writer: bool) -> None:
         check_plan_change(run_dir, old, cfg, trained_progress(run_dir))
     if not is_writer:
         return
+    check_writable(run_dir)  # a missing bucket or no permission: one error before any work
     if force_new and run_dir.is_dir():
         move_run_aside(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     doc = {"plan_hash": plan_fingerprint(cfg), "phase_hashes": phase_fingerprints(cfg), "config": to_dict(cfg)}
     if cfg.branch_point:  # where a branch came from, for `cpt-jax report` and for people
         parent, step = cfg.branch_point
-        doc["branch"] = {"parent": str(Path(parent).absolute()), "step": step,
+        doc["branch"] = {"parent": str(absolute(parent)), "step": step,
                          "carry": "+".join(p for p in ("params", "optimizer", "data") if p in cfg.phases[0].carried)}
     tmp = saved.with_suffix(".tmp")
     tmp.write_text(yaml.safe_dump(doc, sort_keys=False))

@@ -1,0 +1,69 @@
+"""Local copies of remote files for readers that only open local files.
+
+ArrayRecord (grain's reader of prepared shards) has no S3 reader, and its random access through
+a network reader would cost a request per record. So a prepared source in a bucket, gs:// or
+s3:// alike, is copied shard by shard into a local cache (`CPT_JAX_CACHE_DIR`, default
+~/.cache/cpt_jax/objects) by background threads started when the source is opened (`prefetch`),
+while the model is built and compiled; the reader waits only for a shard not yet copied
+(`local_copy`). A copy is keyed by the URL, size and modification time of the object, and
+written to a temporary name and renamed, so a killed copy is never taken for a whole one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from cpt_jax.storage.paths import as_path, is_remote, storage_error
+
+CACHE_ENV = "CPT_JAX_CACHE_DIR"
+_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_inflight: dict[str, Future] = {}
+
+
+def cache_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get(CACHE_ENV) or pathlib.Path.home() / ".cache" / "cpt_jax" / "objects")
+
+
+def _download(url: str) -> pathlib.Path:
+    src = as_path(url)
+    try:
+        info = src.stat()
+        key = hashlib.sha256(f"{url}|{info.length}|{info.mtime}".encode()).hexdigest()[:24]
+        out = cache_dir() / key / src.name
+        if out.is_file() and out.stat().st_size == info.length:
+            return out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        with src.open("rb") as f, open(tmp, "wb") as g:
+            while block := f.read(8 << 20):
+                g.write(block)
+        os.replace(tmp, out)
+        return out
+    except Exception as e:
+        raise storage_error(url, e, "reading") from e
+
+
+def prefetch(paths: list[str], threads: int = 4) -> None:
+    """Start copying the remote ones of `paths` in the background (local paths: nothing)."""
+    global _pool
+    with _lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(threads, thread_name_prefix="cpt-jax-cache")
+        for p in map(str, paths):
+            if is_remote(p) and p not in _inflight:
+                _inflight[p] = _pool.submit(_download, p)
+
+
+def local_copy(path: str | os.PathLike) -> pathlib.Path:
+    """A local path holding the bytes of `path`: itself when local, else the cached copy (waits
+    for a prefetch in flight, or copies now)."""
+    p = str(path)
+    if not is_remote(p):
+        return pathlib.Path(p)
+    prefetch([p])
+    return _inflight[p].result()

@@ -1,0 +1,169 @@
+"""Runs and data in object storage, against emulators on 127.0.0.1 that each test starts and
+stops (tests/emulators.py): GCS (gcp-storage-emulator) for run_dir, checkpoints and data; S3
+(moto server) for prepared data read through the local cache. All through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from emulators import Emulator, upload
+
+REPO = Path(__file__).resolve().parents[1]
+PHASES = [
+    {"name": "open", "init": "scratch", "steps": 6, "mixture": {"text": 1.0},
+     "schedule": {"shape": "infinite", "peak_lr": 3e-3, "warmup_steps": 2, "cooldown_steps": 0, "constant_lr": 3e-3}},
+    {"name": "anneal", "steps": 6, "mixture": {"text": 1.0},
+     "schedule": {"shape": "linear", "peak_lr": 3e-3, "min_lr": 3e-4}},
+]
+
+
+def plan(run_dir: str, data: str, tok: Path) -> dict:
+    return {
+        "run_dir": run_dir, "tokenizer": str(tok),
+        "model": {"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2,
+                  "num_kv_heads": 1, "max_position_embeddings": 16},
+        "data": {"seq_len": 16, "global_batch_size": 8, "sources": {"text": {"path": data}}},
+        "mesh": {"data": 1, "fsdp": 8, "tensor": 1},
+        "checkpoint": {"every": 3, "keep_last": 20, "async_save": True},
+        "eval": {"every": 100, "batches": 1},
+        "log": {"every": 1, "tensorboard": True},
+        "phases": PHASES,
+    }
+
+
+def cli_env(em: Emulator | None, tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, **(em.env() if em else {}), "PYTHONPATH": str(REPO), "CPT_JAX_CACHE_DIR": str(tmp_path / "cache"),
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+
+
+def cli(env, cwd, *args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cpt_jax", *map(str, args)], env=env, cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def prepared(tmp_path: Path) -> tuple[Path, Path]:
+    """A prepared source (local) and its tokenizer."""
+    from text_fixtures import documents, vocabulary, word_level_tokenizer, write_jsonl
+
+    words = vocabulary("w", 60)
+    tok = word_level_tokenizer(tmp_path / "tok" / "tokenizer.json", words)
+    write_jsonl(tmp_path / "in" / "text.jsonl", documents(words, 200, seed=3, max_words=80))
+    out = cli(cli_env(None, tmp_path), tmp_path, "prepare", tmp_path / "in", "--out", tmp_path / "data",
+              "--tokenizer", tok, "--eval-docs", "8", "--quiet").communicate()[0]
+    assert (tmp_path / "data" / "manifest.json").is_file(), out
+    return tmp_path / "data", tok
+
+
+def remote_rows(em: Emulator, url: str, monkeypatch) -> dict[int, dict]:
+    """The train rows of a metrics.jsonl in the bucket (read in this process, as `report` would)."""
+    from cpt_jax.train.metrics import read_jsonl
+
+    for k, v in em.env().items():
+        monkeypatch.setenv(k, v)
+    return {r["step"]: r for r in read_jsonl(url) if r["kind"] == "train"}
+
+
+@pytest.mark.slow
+def test_gs_plan_killed_resumes_bit_identically_then_exports_evals_reports(tmp_path, monkeypatch):
+    """A two-phase plan whose run_dir and prepared data are in a GCS bucket: kill -9 inside the
+    second phase, resume: the steps trained again are bit for bit the ones trained before the
+    kill. Then export-hf, eval and report read the bucket and write into it."""
+    data, tok = prepared(tmp_path)
+    with Emulator("gs", data_dir=tmp_path / "gcs") as em:
+        em.make_bucket("bkt")
+        env = cli_env(em, tmp_path)
+        upload(data, "gs://bkt/data", em.env())
+        (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan("gs://bkt/run", "gs://bkt/data", tok)))
+        metrics = "gs://bkt/run/metrics.jsonl"
+        proc = cli(env, tmp_path, "train", "plan.yaml", "--no-progress")
+        deadline, rows = time.time() + 400, {}
+        while max(rows, default=0) < 8 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+            rows = remote_rows(em, metrics, monkeypatch)
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        os.kill(proc.pid, signal.SIGKILL)  # inside phase 'anneal', after its checkpoint at step 6
+        proc.wait()
+        before_kill = remote_rows(em, metrics, monkeypatch)
+        out = cli(env, tmp_path, "train", "plan.yaml", "--no-progress").communicate()[0]
+        rows = remote_rows(em, metrics, monkeypatch)
+        assert sorted(rows) == list(range(1, 13)), out[-3000:]
+        assert max(before_kill) >= 8 and all(rows[s]["loss"] == r["loss"] and rows[s]["lr"] == r["lr"]
+                                              for s, r in before_kill.items())
+        # Export, eval and report: read from the bucket, written into it.
+        out = cli(env, tmp_path, "export-hf", "gs://bkt/run", "gs://bkt/hf").communicate()[0]
+        out += cli(env, tmp_path, "eval", "gs://bkt/run", "--json", "gs://bkt/eval.json").communicate()[0]
+        out += cli(env, tmp_path, "report", "gs://bkt/run").communicate()[0]
+        from cpt_jax.storage import as_path
+        from cpt_jax.train.metrics import read_jsonl
+
+        bucket = as_path("gs://bkt")
+        assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (bucket / "hf").iterdir()}, \
+            out[-3000:]
+        final = [r for r in read_jsonl(metrics) if r["kind"] == "eval" and r["step"] == 12
+                 and r.get("weights", "raw") == "raw"][0]
+        evaluated = json.loads((bucket / "eval.json").read_text())["heldout"]["text"]["loss"]
+        assert abs(evaluated - final["loss"]) < 1e-5
+        assert {"heldout.md", "curves-run.png"} <= {p.name for p in (bucket / "run" / "report").iterdir()}, out[-3000:]
+        assert any((bucket / "run" / "tensorboard").iterdir()), "TensorBoard events in the bucket"
+
+
+def short_plan(run_dir: str, data: str, tok: Path) -> dict:
+    p = plan(run_dir, data, tok)
+    p["phases"] = [dict(PHASES[0], steps=2)]
+    p["checkpoint"] = {"every": 2, "async_save": False}
+    p["log"] = {"every": 1, "tensorboard": False}
+    return p
+
+
+def one_error(proc: subprocess.Popen) -> str:
+    out = proc.communicate()[0]
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in out, out[-3000:]
+    return errors[0]
+
+
+@pytest.mark.slow
+def test_s3_data_is_read_through_the_local_cache_bit_identically(tmp_path):
+    """A prepared source on s3:// (moto): copied to the local cache, and the run's losses are
+    the ones the same source gives from local disk. run_dir on s3:// is refused by name."""
+    data, tok = prepared(tmp_path)
+    with Emulator("s3") as em:
+        em.make_bucket("bkt")
+        env = cli_env(em, tmp_path)
+        upload(data, "s3://bkt/data", em.env())
+        (tmp_path / "s3.yaml").write_text(yaml.safe_dump(short_plan(str(tmp_path / "a"), "s3://bkt/data", tok)))
+        (tmp_path / "local.yaml").write_text(yaml.safe_dump(short_plan(str(tmp_path / "b"), str(data), tok)))
+        out = cli(env, tmp_path, "train", "s3.yaml", "--no-progress").communicate()[0]
+        out += cli(env, tmp_path, "train", "local.yaml", "--no-progress").communicate()[0]
+        from cpt_jax.train.metrics import read_jsonl
+
+        losses = [[r["loss"] for r in read_jsonl(tmp_path / run / "metrics.jsonl") if r["kind"] == "train"]
+                  for run in ("a", "b")]
+        assert len(losses[0]) == 2 and losses[0] == losses[1], out[-3000:]
+        assert sorted(p.name for p in (tmp_path / "cache").rglob("*.arrayrecord")) == \
+               sorted(p.name for p in data.glob("*.arrayrecord"))
+        (tmp_path / "s3run.yaml").write_text(yaml.safe_dump(short_plan("s3://bkt/run", "s3://bkt/data", tok)))
+        assert "cannot be written to s3://" in one_error(cli(env, tmp_path, "train", "s3run.yaml", "--no-progress"))
+
+
+def test_missing_bucket_is_one_error_and_writes_nothing(tmp_path):
+    """A run_dir in a bucket that does not exist: one `error:` line naming the bucket, exit 2."""
+    tok = tmp_path / "tok.json"
+    with Emulator("gs") as em:
+        env = cli_env(em, tmp_path)
+        p = short_plan("gs://missing/run", str(tmp_path / "data"), tok)
+        p["data"]["sources"] = {"a": {"kind": "synthetic", "num_docs": 8, "eval_docs": 2}}
+        p["phases"][0]["mixture"] = {"a": 1.0}
+        del p["tokenizer"]
+        (tmp_path / "plan.yaml").write_text(yaml.safe_dump(p))
+        line = one_error(cli(env, tmp_path, "train", "plan.yaml", "--no-progress"))
+        assert "gs://missing" in line and "does not exist" in line, line
