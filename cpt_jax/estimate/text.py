@@ -80,7 +80,8 @@ def _table(a: dict, c: dict | None) -> list[str]:
             *[(f"  {k} (modelled)", None, v) for k, v in a["temporaries_by_kind"].items()],
             ("peak", c.get("peak"), a["peak"])]
     return [f"  {'per device':<26}{'compiled':>16}{'analytic':>16}",
-            *[f"  {name:<26}{gb(x):>16}{gb(y):>16}" for name, x, y in rows]]
+            *[f"  {name:<26}{gb(x):>16}{gb(y):>16}" for name, x, y in rows],
+            "  (analytic temporaries: activations + gradients + the larger of logits and update)"]
 
 
 def _flops(r: dict, p: dict, c: dict | None) -> list[str]:
