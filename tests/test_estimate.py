@@ -104,6 +104,7 @@ def test_cli_reports_fit_and_what_to_change(tmp_path, capsys):
                  "--analytic-only"]) == 0
     text = capsys.readouterr().out
     assert "DOES NOT FIT" in text and "analytic only" in text
+    assert "60.00 GB usable" in text and "75% of 80 GB: JAX's default preallocation" in text  # not 90%
     assert "biggest item: activations" in text and "optimizer.grad_accum=32" in text
 
     assert main(["estimate", str(ROOT / "configs" / "tiny.yaml"), "--devices", "8", "--device", "b200",
