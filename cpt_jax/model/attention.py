@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cpt_jax.model.attention_kernels import KERNELS, fused_attention
+from cpt_jax.model.attention_kernels import KERNELS, fused_attention, platform
 from cpt_jax.sharding.rules import Sharder
 
 # Query rows per block. 64, 128 and 256 measured within noise of each other on CPU at L=512;
@@ -48,7 +48,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, imp
     Every token sees itself, so no row is fully masked. `sharder` places the fused kernels'
     per-device calls under a mesh.
     """
-    implementation = resolve(implementation)
+    implementation = resolve(implementation, platform(sharder))
     if implementation == "blocked":
         return _blocked(q, k, v, segment_ids)
     if implementation in KERNELS:
