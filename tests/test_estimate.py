@@ -18,7 +18,8 @@ from cpt_jax.train.setup import build_setup
 from cpt_jax.train.state import new_train_state
 
 ROOT = Path(__file__).resolve().parents[1]
-PLANS = {name: ROOT / "configs" / "estimate" / f"{name}.yaml" for name in ("llama3.2-1b", "llama3.1-8b", "llama3.1-70b")}
+PLANS = {name: ROOT / "configs" / "estimate" / f"{name}.yaml"
+         for name in ("llama3.2-1b", "llama3.1-8b", "llama3.1-70b")}
 # Modelled temporaries vs XLA:CPU's buffer assignment for the tiny plan: the model is a sum of
 # big items (activations, logits, gradients, update); XLA reuses buffers and adds fusion
 # scratch, so they agree only roughly: for this tiny plan, where fixed-size buffers weigh most,
@@ -87,10 +88,17 @@ def test_three_shapes_on_8_64_256_devices(name):
 def test_cli_reports_fit_and_what_to_change(tmp_path, capsys):
     out = tmp_path / "est.json"
     assert main(["estimate", str(ROOT / "configs" / "tiny.yaml"), "--devices", "8", "--device", "v5e",
-                 "--json", str(out)]) == 0
+                 "--json", str(out), "--breakdown", "5"]) == 0
     text = capsys.readouterr().out
     assert "FITS" in text and "compiled (XLA:CPU" in text and "buffer assignment" in text
-    assert json.loads(out.read_text())["device"]["fits"] is True
+    r = json.loads(out.read_text())
+    assert r["device"]["fits"] is True
+    # --breakdown: the buffers live at the compiler's peak, by kind; the state is there in full
+    b, c = r["compiled"]["breakdown"], r["compiled"]
+    assert len(b["buffers"]) == 5 and "largest buffers live at the peak" in text
+    assert {"parameters", "optimizer", "activations", "logits", "batch"} <= set(b["by_kind"])
+    assert b["by_kind"]["optimizer"] >= 0.99 * c["opt_state"] and b["by_kind"]["parameters"] >= c["params"]
+    assert 0.9 * c["peak"] <= b["peak_bytes"] <= c["peak"]
 
     assert main(["estimate", str(PLANS["llama3.1-70b"]), "--devices", "8", "--device", "h100",
                  "--analytic-only"]) == 0
@@ -101,6 +109,106 @@ def test_cli_reports_fit_and_what_to_change(tmp_path, capsys):
     assert main(["estimate", str(ROOT / "configs" / "tiny.yaml"), "--devices", "8", "--device", "b200",
                  "--analytic-only"]) == 2
     assert "unknown device kind 'b200'" in capsys.readouterr().err
+
+
+def test_every_phase_is_estimated_and_the_worst_named(tmp_path, capsys):
+    """configs/long_context.yaml: a 4k phase, then 16k rows at a quarter of the batch and a new
+    RoPE base (twice: the cooldown is the same step). Each phase gets its own figures."""
+    out = tmp_path / "est.json"
+    assert main(["estimate", str(ROOT / "configs" / "long_context.yaml"), "--devices", "64", "--device", "h100",
+                 "--analytic-only", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    r = json.loads(out.read_text())
+    assert [p["name"] for p in r["phases"]] == ["short-4k", "long-16k", "cooldown-16k"]
+    short, long, cool = r["phases"]
+    assert (short["seq_len"], short["global_batch_size"], short["rope_theta"]) == (4096, 256, 10000.0)
+    assert (long["seq_len"], long["global_batch_size"], long["rope_theta"]) == (16384, 64, 500000.0)
+    assert short["tokens_per_step"] == long["tokens_per_step"] == 2**20
+    for p in r["phases"]:  # the JSON schema of a phase
+        assert set(p["analytic"]) >= {"params", "opt_state", "temporaries", "peak"}
+        assert p["compiled"] is None and isinstance(p["fits"], bool)
+        assert p["analytic"]["params"] == short["analytic"]["params"]  # the same parameters in every phase
+    # The analytic model counts tokens per device (flash-style attention: memory linear in L), so
+    # at the same tokens per step the phases tie and the first is named; attention FLOPs grow with L.
+    assert long["analytic"]["peak"] == short["analytic"]["peak"] and r["worst"] == "short-4k"
+    assert long["analytic"]["model_flops"] > short["analytic"]["model_flops"]
+    assert cool["analytic"] == long["analytic"]
+
+    # A long phase with twice the tokens per step is the worst, and the top-level figures are its.
+    cfg = load_run_config(ROOT / "configs" / "long_context.yaml")
+    cfg = dataclasses.replace(cfg, phases=[cfg.phases[0], dataclasses.replace(cfg.phases[1], global_batch_size=128),
+                                           dataclasses.replace(cfg.phases[2], global_batch_size=64)])
+    r = estimate_plan(cfg, 64, device="h100", compile=False)
+    assert r["worst"] == "long-16k" and r["analytic"] == r["phases"][1]["analytic"]
+    assert r["phases"][1]["analytic"]["peak"] > r["phases"][0]["analytic"]["peak"]
+    assert "phase 'short-4k'" in text and "phase 'long-16k'" in text and "worst phase: 'short-4k'" in text
+
+
+def test_micro_batching_per_phase(tmp_path):
+    """grad_accum splits each phase's own batch: the 16k phase's 64 rows over 64 devices cannot be
+    accumulated 4 ways (refused); the 4k phase's micro-batch shrinks with accumulation."""
+    cfg = load_run_config(ROOT / "configs" / "long_context.yaml", ["optimizer.grad_accum=2"])
+    r = estimate_plan(cfg, 32, device="h100", compile=False)
+    base = estimate_plan(load_run_config(ROOT / "configs" / "long_context.yaml"), 32, device="h100", compile=False)
+    for p, b in zip(r["phases"], base["phases"]):
+        assert p["grad_accum"] == 2
+        act, base_act = (x["analytic"]["temporaries_by_kind"]["activations"] for x in (p, b))
+        assert act * 2 == base_act
+
+
+def test_phases_with_the_same_step_compile_once(tmp_path, monkeypatch):
+    """Each distinct step is compiled once (compiles are the slow part); the compile is stubbed
+    here to count calls: real compiles of several phases run in tests/accel."""
+    import cpt_jax.estimate.plan as plan
+
+    calls = []
+
+    def fake_compile(cfg, n, phase, breakdown):
+        calls.append(phase)
+        run = cfg.phase_run(phase)
+        temps = run.data.seq_len * 1000
+        return {"memory": {"arguments": 10, "temporaries": temps, "outputs": 0, "aliased": 0}, "params": 1,
+                "opt_state": 2, "batch": 3, "peak": 10 + temps, "flops": 1.0, "lower_s": 0.0, "compile_s": 0.0}
+
+    monkeypatch.setattr(plan, "compiled_cpu", fake_compile)
+    cfg = tiny_cfg(tmp_path)
+    cfg = dataclasses.replace(cfg, phases=[cfg.phases[0], dataclasses.replace(cfg.phases[0], name="again"),
+                                           dataclasses.replace(cfg.phases[0], name="long", seq_len=128)])
+    r = estimate_plan(cfg, 8, device="h100")
+    assert calls == [0, 2]
+    first, again, long = r["phases"]
+    assert again["compiled"]["same_step_as"] == "pretrain" and "same_step_as" not in long["compiled"]
+    assert again["compiled"]["memory"] == first["compiled"]["memory"]
+    assert r["worst"] == "long" and r["compiled"] == long["compiled"] and r["device"] == long["device"]
+    assert long["device"]["peak_bytes"] == long["compiled"]["peak"] and long["device"]["basis"] == "compiled"
+
+
+def test_target_without_its_compiler_says_how_to_install(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("libtpu", "jax_plugins.xla_cuda12") else real(name, *a))
+    for target, extra in (("v5p-8", "cpt-jax[tpu]"), ("h100x8", "cpt-jax[cuda12]")):
+        assert main(["estimate", str(ROOT / "configs" / "tiny.yaml"), "--target", target]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"pip install '{extra}'" in err
+    # --analytic-only needs no compiler: the target's devices and memory only
+    out = tmp_path / "a.json"
+    assert main(["estimate", str(ROOT / "configs" / "tiny.yaml"), "--target", "v5p-8", "--analytic-only",
+                 "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["target"]["num_devices"] == 4 and r["attention"] == "splash" and r["compiled"] is None
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--devices", "8", "--target", "v5p-8"], "either --target"), ([], "either --target"),
+    (["--target", "v5p-8", "--breakdown", "--analytic-only"], "drop --analytic-only"),
+    (["--target", "tpu-v9:2x2"], "unknown target"),
+])
+def test_estimate_bad_arguments(args, message, capsys):
+    assert main(["estimate", str(ROOT / "configs" / "tiny.yaml"), *args]) == 2
+    assert message in capsys.readouterr().err
 
 
 # --- targets: names -> compile-only devices (parsing only; compiling needs the extras, tests/accel)
@@ -161,3 +269,29 @@ def test_gpu_target_description_is_generated_from_the_spec():
     text = target_config_text(H100_SXM)
     assert "core_count: 132" in text and "major: 9" in text and "ACCELERATED_FEATURES" in text
     assert f"device_memory_size: {80 * 10**9}" in text and 'name: "NVIDIA H100 80GB HBM3"' in text
+
+
+def test_breakdown_reads_the_peak_and_attributes_each_buffer():
+    """The parsers on the text XLA writes (live ranges, scheduled HLO), and the attribution."""
+    from cpt_jax.estimate.breakdown import classify, element_shape, parse_peak, parse_program
+
+    live = """  Live ranges at 9 (peak):
+    fusion.3{}: 4096 bytes (cumulative: 4096 bytes)
+    while.1{2}: 64 bytes (cumulative: 4160 bytes)
+  Stack trace breakdown for peak usage: 4160 bytes"""
+    assert parse_peak(live) == [("fusion.3", "", 4096), ("while.1", "2", 64)]
+    program = parse_program(
+        '  %p = f32[16,8]{1,0:T(8,128)} parameter(0), metadata={op_name="state.opt_state[1].mu[\'embed\']"}\n'
+        '  ROOT %fusion.3 = (bf16[4,8]{1,0}, f32[2,3,256]{2,1,0:T(8,128)S(1)}) fusion(%p), kind=kLoop, '
+        'metadata={op_name="jit(step_fn)/jvp()/dot_general"}')
+    assert program["p"] == ("f32[16,8]{1,0:T(8,128)}", "parameter", "state.opt_state[1].mu['embed']")
+    assert element_shape(program["fusion.3"][0], "1") == "f32[2,3,256]{2,1,0:T(8,128)S(1)}"
+    params, vocab = {(16, 8), (8, 16)}, {256}
+    assert classify("state.opt_state[1].mu['embed']", "f32", (16, 8), params, vocab) == "optimizer"
+    assert classify("state.params['embed']", "f32", (16, 8), params, vocab) == "parameters"
+    assert classify("batch['tokens']", "s32", (4, 8), params, vocab) == "batch"
+    assert classify("jit(step_fn)/transpose(jvp())/dot_general", "f32", (8, 16), params, vocab) == "gradients"
+    assert classify("jit(step_fn)/jvp()/all-gather", "bf16", (8, 16), params, vocab) == "parameters"
+    assert classify("jit(step_fn)/mul", "f32", (16, 8), params, vocab) == "optimizer"  # the update
+    assert classify("jit(step_fn)/jvp()/dot_general", "f32", (2, 3, 256), params, vocab) == "logits"
+    assert classify("jit(step_fn)/transpose(jvp())/exp", "f32", (2, 3, 64), params, vocab) == "activations"

@@ -81,8 +81,9 @@ def temporaries(cfg: RunConfig, mesh, params_bytes: int) -> dict[str, int]:
 
 
 def step_flops(cfg: RunConfig) -> dict[str, float]:
-    """Model FLOPs of one step (all devices): 6N + attention, plus the LM head's 6 d V."""
-    m, tokens = cfg.model, cfg.tokens_per_step
+    """Model FLOPs of one step (all devices): 6N + attention, plus the LM head's 6 d V. `cfg` is
+    one phase's run (RunConfig.phase_run): its row length and batch."""
+    m, tokens = cfg.model, cfg.data.global_batch_size * cfg.data.seq_len
     per_token = m.flops_per_token(cfg.data.seq_len) + 6.0 * m.hidden_size * m.vocab_size
     recompute = 2.0 * m.num_params(include_embeddings=False) if m.remat == "full" else 0.0
     return {"model_flops": per_token * tokens, "hardware_flops": (per_token + recompute) * tokens}

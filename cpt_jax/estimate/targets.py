@@ -15,6 +15,7 @@ XLA's CUDA compiler) then compiles the step for them. Accepted names:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import os
@@ -28,9 +29,10 @@ from cpt_jax.estimate.gpu_specs import GPU_SPECS, target_config_text
 GPUS_PER_HOST = 8
 TPU_GENERATIONS = ("v4", "v5e", "v5p", "v6e")
 CORE_COUNTED = ("v4", "v5p")  # Google's slice names count TensorCores: two per chip (megacore)
-MAX_2D_CHIPS = 256
-HOST_CHIPS = 4  # chips per TPU host (2x2x1); smaller slices pass their own host bounds  # v5e and v6e slices: at most 16x16 chips
-INSTALL = {"tpu": "pip install 'cpt-jax[tpu]'", "cuda": "pip install 'cpt-jax[cuda12]'"}
+MAX_2D_CHIPS = 256  # v5e and v6e slices: at most 16x16 chips
+HOST_CHIPS = 4  # chips per TPU host (2x2x1); smaller slices pass their own host bounds
+INSTALL = {"tpu": "pip install 'cpt-jax[tpu]'",
+           "cuda": "pip install 'cpt-jax[cuda12]'"}
 GPU_FLAGS = {"xla_gpu_shard_autotuning": False}  # no GPU to autotune on: XLA's defaults
 
 
@@ -172,7 +174,26 @@ def target_devices(name: str, slices: int = 1) -> tuple[list, TargetInfo]:
     devices = list(topo.devices)
     if len(devices) != info.num_devices:
         raise UserError(f"target {info.name}: the compiler gave {len(devices)} devices, expected {info.num_devices}")
+    if info.platform == "tpu" and (limit := tpu_hbm_limit(devices[0])):
+        info = dataclasses.replace(info, memory_bytes_usable=limit)
     return devices, info
+
+
+def tpu_hbm_limit(device) -> float | None:
+    """The HBM per chip the TPU compiler lets a program use, read from its own out-of-memory
+    verdict on a program that cannot fit ("... exceeds available HBM (15.75G)", GiB)."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    sharding = NamedSharding(Mesh([device], ("x",)), PartitionSpec())
+    huge = jax.ShapeDtypeStruct((2**18, 2**18), jnp.float32, sharding=sharding)  # 256 GiB in, 256 GiB out
+    try:
+        jax.jit(lambda a: jnp.sin(a) @ jnp.cos(a)).lower(huge).compile()
+    except Exception as e:  # the verdict we asked for
+        if m := re.search(r"available HBM \(([0-9.]+)G\)", str(e)):
+            return float(m.group(1)) * 2**30
+    return None
 
 
 def compiler_options(info: TargetInfo) -> dict:

@@ -1,5 +1,5 @@
 """Compile a plan's step in a fresh process whose JAX has exactly the requested number of fake
-CPU devices (XLA reads the device count once, when JAX starts). Reads {"config", "devices"} as
+CPU devices (XLA reads the device count once, when JAX starts). Reads {"config", "devices", "phase", "breakdown"} as
 JSON on stdin and prints the compile result as one JSON line."""
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ def main() -> None:
     devices = jax.devices("cpu")
     if len(devices) != request["devices"]:
         raise SystemExit(f"worker has {len(devices)} CPU devices, wanted {request['devices']}")
-    print(json.dumps(compile_step(cfg, make_mesh(cfg.mesh, devices))))
+    print(json.dumps(compile_step(cfg, make_mesh(cfg.mesh, devices), phase=request.get("phase", 0),
+                                  breakdown=request.get("breakdown", 0))))
 
 
 if __name__ == "__main__":
