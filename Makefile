@@ -1,10 +1,12 @@
 # Bootstraps .venv with pinned versions (constraints.txt), then runs the demo or the tests.
+# test-accel compiles for TPU and NVIDIA GPUs on this host; each compiler extra lives in its own
+# virtualenv (.venv-tpu, .venv-cuda), so .venv and `make test` stay as they are.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 XLA_FAKE_DEVICES := --xla_force_host_platform_device_count=8
 
-.PHONY: demo test bench experiments clean
+.PHONY: demo test test-accel bench experiments clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,11 +20,26 @@ $(VENV)/.test: $(VENV)/.runtime
 	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
+# .venv-tpu/.accel: cpt-jax[tpu] (libtpu); .venv-cuda/.accel: cpt-jax[cuda12] (XLA's CUDA compiler).
+.venv-%/bin/python:
+	$(PYTHON) -m venv .venv-$*
+	.venv-$*/bin/pip install -q --upgrade pip
+
+.venv-tpu/.accel .venv-cuda/.accel: .venv-%/.accel: pyproject.toml constraints.txt | .venv-%/bin/python
+	.venv-$*/bin/pip install -q -c constraints.txt -e '.[$(if $(filter tpu,$*),tpu,cuda12)]' pytest
+	touch $@
+
 demo: $(VENV)/.runtime
 	$(BIN)/cpt-jax demo
 
 test: $(VENV)/.test
 	XLA_FLAGS=$(XLA_FAKE_DEVICES) $(BIN)/python -m pytest -q tests
+
+# Compile-only: the train step for TPU v5e/v5p/v6e slices and 8 H100s (tests/accel), one
+# compiler per process.
+test-accel: .venv-tpu/.accel .venv-cuda/.accel
+	.venv-tpu/bin/python -m pytest -q tests/accel
+	.venv-cuda/bin/python -m pytest -q tests/accel
 
 bench: $(VENV)/.test
 	$(BIN)/python benchmarks/run_all.py
@@ -31,4 +48,4 @@ experiments: $(VENV)/.runtime
 	$(BIN)/python experiments/run_experiments.py
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) .venv-tpu .venv-cuda

@@ -25,6 +25,10 @@ Q_AXES = ("batch", "length", "act_heads", None)
 KV_AXES = ("batch", "length", "act_kv_heads", None)
 SEGMENT_AXES = ("batch", "length")
 SPLASH_BLOCKS = (512, 256, 128)  # the kernel's lanes are 128 wide: blocks must be multiples of 128
+# Triton tiles must fit an SM's shared memory (227 KiB per block on H100): 128 x 128 tiles overflow
+# it for fp32 at head_dim 64 (backward) and 128 (forward), so only the forward's query block is
+# 128 and every other block at most 64 (compiled for sm_90a in tests/accel at fp32 and bf16).
+GPU_BLOCKS = (128, 64, 32, 16)
 
 
 def _block(length: int, candidates: tuple[int, ...], kernel: str) -> int:
@@ -35,9 +39,11 @@ def _block(length: int, candidates: tuple[int, ...], kernel: str) -> int:
                       f"{candidates[-1]}, got {length}; change the sequence length or choose another attention")
 
 
-@functools.lru_cache(maxsize=32)
 def _splash_kernel(heads: int, length: int, interpret: bool):
-    """Built once per shape: the kernel precomputes which blocks the causal mask skips."""
+    """Built anew in each trace (the kernel precomputes which blocks the causal mask skips).
+    Not cached: a kernel kept from an earlier trace holds that mask data as concrete arrays,
+    which a later jit lifts into extra inputs of its executable (six more than the step takes,
+    so `Compiled.input_shardings` fails: seen compiling two plans in one process for TPU)."""
     from jax.experimental.pallas.ops.tpu.splash_attention import (
         splash_attention_kernel as sk,
     )
@@ -73,9 +79,9 @@ def pallas_gpu(q, k, v, segment_ids, interpret: bool = False):
     from jax.experimental.pallas.ops.gpu import attention as gpu_attention
 
     length = q.shape[1]
-    b = _block(length, (128, 64, 32, 16), "pallas_gpu")
-    sizes = gpu_attention.BlockSizes(block_q=b, block_k=b, block_q_dkv=b, block_kv_dkv=b, block_q_dq=b,
-                                     block_kv_dq=b)
+    big, small = (_block(length, c, "pallas_gpu") for c in (GPU_BLOCKS, GPU_BLOCKS[1:]))
+    sizes = gpu_attention.BlockSizes(block_q=big, block_k=small, block_q_dkv=small, block_kv_dkv=small,
+                                     block_q_dq=small, block_kv_dq=small)
     group = q.shape[2] // k.shape[2]
     k, v = (jnp.repeat(x, group, axis=2) if group > 1 else x for x in (k, v))
     return gpu_attention.mha(q, k, v, segment_ids.astype(jnp.int32), sm_scale=q.shape[-1] ** -0.5, causal=True,
