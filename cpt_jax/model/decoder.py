@@ -14,6 +14,7 @@ from flax import nnx
 
 from cpt_jax.model.config import ModelConfig
 from cpt_jax.model.layers import Block, RMSNorm, dtype_of, make_param
+from cpt_jax.sharding.context import context_size, reorder, restore
 from cpt_jax.sharding.rules import Sharder
 
 REMAT_POLICIES = {
@@ -61,17 +62,23 @@ class Decoder(nnx.Module):
             self.lm_head = make_param(rngs, init, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), pdt)
 
     def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
-                 segment_ids: jax.Array | None = None) -> jax.Array:
+                 segment_ids: jax.Array | None = None, balanced: bool = False) -> jax.Array:
         """tokens, positions, segment_ids: [batch, length] int32. Returns fp32 logits.
 
         segment_ids tell packed documents apart (attention never crosses them); padding is
         its own segment (0) and is excluded by the loss mask, not here.
+        Under a mesh with context parallelism the rows run in a load-balanced token order
+        (sharding/context.py): the decoder reorders its inputs and restores the logits' order,
+        unless `balanced` says the caller passes (and takes back) that order itself, as the
+        train step does to keep the logits where they were computed.
         """
         cfg = self.cfg
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
         if segment_ids is None:
             segment_ids = jnp.ones_like(tokens)
+        shards = 1 if balanced else context_size(self.sharder.mesh)
+        tokens, positions, segment_ids = (reorder(a, shards) for a in (tokens, positions, segment_ids))
         dt = dtype_of(cfg.dtype)
         x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
         x = self.sharder.constrain(x, ("batch", "length", "act_embed"))
@@ -79,7 +86,7 @@ class Decoder(nnx.Module):
         x = self.final_norm(x)
         head = self.embed[...].T if cfg.tie_embeddings else self.lm_head[...]
         logits = jnp.dot(x, head.astype(dt), preferred_element_type=jnp.float32)
-        return self.sharder.constrain(logits, ("batch", "length", "act_vocab"))
+        return restore(self.sharder.constrain(logits, ("batch", "length", "act_vocab")), shards)
 
     def _unrolled(self, x, positions, segment_ids):
         run = _run_block

@@ -101,12 +101,12 @@ class Trainer:
         self.summary: dict = {}
 
     def _setup_for(self, phase: int) -> RunSetup:
-        """The setup of `phase` (its row length, batch and RoPE settings); phases that share them
-        share one setup (and its compiled steps)."""
+        """The setup of `phase` (its row length, batch, RoPE settings and mesh); phases that share
+        them share one setup (and its compiled steps), phases on the same mesh one mesh."""
         run = self.cfg.phase_run(phase)
-        key = repr((run.model, run.data))
+        key = repr((run.model, run.data, run.mesh))
         if key not in self._setups:
-            mesh = next(iter(self._setups.values())).mesh if self._setups else None
+            mesh = next((s.mesh for s in self._setups.values() if s.cfg.mesh == run.mesh), None)
             self._setups[key] = build_setup(self.cfg, mesh, phase)
         return self._setups[key]
 
@@ -168,6 +168,8 @@ class Trainer:
                         loop.phase, loop.phase_step = loop.phase + 1, 0
                         continue
                     self._use_phase(loop.phase)
+                    if loop.train is not None:  # a phase with its own mesh: the state moves onto it
+                        loop.train = _onto(loop.train, self.setup.shardings)
                     if loop.phase_step == 0:
                         self._enter_phase(loop)
                     if self._run_phase(loop, stop):
@@ -383,6 +385,12 @@ class Trainer:
 
 def train(cfg: RunConfig, **kwargs: Any) -> dict:
     return Trainer(cfg, **kwargs).run()
+
+
+def _onto(state: TrainState, shardings: TrainState) -> TrainState:
+    """The state on another mesh's shardings (arrays already there stay; moved ones free their
+    old buffers, so a phase switch does not hold two copies of the state)."""
+    return jax.tree.map(lambda x, s: x if x.sharding == s else jax.device_put(x, s, donate=True), state, shardings)
 
 
 def _normalised(mixture: dict) -> dict:

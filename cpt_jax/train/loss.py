@@ -11,7 +11,11 @@ import optax
 
 def targets_and_mask(batch: dict) -> tuple[jax.Array, jax.Array]:
     """Target t is token t+1 of the same document; padding (segment 0), the row's last position
-    and document ends (the next token belongs to another document) carry no loss."""
+    and document ends (the next token belongs to another document) carry no loss. A batch that
+    carries them already ('targets', 'loss_mask': made before its tokens were reordered for
+    context parallelism) keeps them."""
+    if "targets" in batch:
+        return batch["targets"], batch["loss_mask"]
     tokens, seg = batch["tokens"], batch["segment_ids"]
     targets = jnp.concatenate([tokens[:, 1:], jnp.zeros_like(tokens[:, :1])], axis=1)
     next_seg = jnp.concatenate([seg[:, 1:], jnp.zeros_like(seg[:, :1])], axis=1)

@@ -11,14 +11,20 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from cpt_jax.train.optimizer import OptimizerConfig
+from cpt_jax.sharding.context import context_size, reorder_rows
 from cpt_jax.sharding.placement import BATCH_AXES, batch_sharding, replicated
 from cpt_jax.sharding.rules import logical_to_spec
-from cpt_jax.train.loss import loss_sums
+from cpt_jax.train.loss import loss_sums, targets_and_mask
 from cpt_jax.train.state import TrainState, ema_update
 
 
 def _forward_sums(graphdef, params, batch, z_loss, num_sources=0):
-    logits = nnx.merge(graphdef, params)(batch["tokens"], batch["positions"], batch["segment_ids"])
+    model = nnx.merge(graphdef, params)
+    shards = context_size(model.sharder.mesh)
+    if shards > 1:  # context parallelism: shift targets in natural order, then reorder every per-token array
+        targets, mask = targets_and_mask(batch)
+        batch = reorder_rows({**batch, "targets": targets, "loss_mask": mask}, shards)
+    logits = model(batch["tokens"], batch["positions"], batch["segment_ids"], balanced=True)
     return loss_sums(logits, batch, z_loss, num_sources)
 
 
