@@ -101,3 +101,63 @@ def test_cli_reports_fit_and_what_to_change(tmp_path, capsys):
     assert main(["estimate", str(ROOT / "configs" / "tiny.yaml"), "--devices", "8", "--device", "b200",
                  "--analytic-only"]) == 2
     assert "unknown device kind 'b200'" in capsys.readouterr().err
+
+
+# --- targets: names -> compile-only devices (parsing only; compiling needs the extras, tests/accel)
+
+@pytest.mark.parametrize("name,canonical,topology,devices", [
+    ("tpu-v5p:4x8x8", "tpu-v5p:4x8x8", "v5p:4x8x8", 256),
+    ("tpu-v6e:16x16", "tpu-v6e:16x16", "v6e:16x16", 256),
+    ("tpu-v4:2x2x1", "tpu-v4:2x2x1", "v4:2x2x1", 4),
+    ("v5p-8", "tpu-v5p:2x2x1", "v5p:2x2x1", 4),  # v5p-N counts TensorCores: 4 chips
+    ("v5p-128", "tpu-v5p:4x4x4", "v5p:4x4x4", 64),
+    ("v5p-256", "tpu-v5p:4x4x8", "v5p:4x4x8", 128),
+    ("v5p-512", "tpu-v5p:4x8x8", "v5p:4x8x8", 256),
+    ("v4-64", "tpu-v4:2x4x4", "v4:2x4x4", 32),
+    ("v5e-16", "tpu-v5e:4x4", "v5e:4x4", 16),  # v5e-N, v6e-N count chips
+    ("v5litepod-8", "tpu-v5e:2x4", "v5e:2x4", 8),
+    ("v6e-256", "tpu-v6e:16x16", "v6e:16x16", 256),
+    ("v6e-1", "tpu-v6e:1x1", "v6e:1x1", 1),
+    ("h100x64", "h100x64", "8x1x8", 64),  # hosts x 1 x GPUs per host
+    ("H200x8", "h200x8", "1x1x8", 8),
+    ("a100-80gbx16", "a100-80gbx16", "2x1x8", 16),
+    ("h100x4", "h100x4", "1x1x4", 4),
+])
+def test_target_names(name, canonical, topology, devices):
+    from cpt_jax.estimate.targets import parse_target
+
+    t = parse_target(name)
+    assert (t.name, t.topology, t.num_devices) == (canonical, topology, devices)
+    assert t.memory_bytes_usable <= t.memory_bytes and t.peak_flops > 0
+
+
+def test_target_slices_and_usable_gpu_memory(monkeypatch):
+    from cpt_jax.estimate.targets import parse_target
+
+    assert parse_target("v5p-8", slices=2).num_devices == 8
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
+    assert parse_target("h100x8").memory_bytes_usable == 0.75 * 80e9  # JAX's default preallocation
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", ".9")
+    assert parse_target("h100x8").memory_bytes_usable == 0.9 * 80e9
+
+
+@pytest.mark.parametrize("name,slices,message", [
+    ("tpu-v7:2x2", 1, "unknown target"), ("v5p-7", 1, "two per chip"), ("v5p-24", 1, "power-of-two"),
+    ("v6e-512", 1, "at most 256"), ("tpu-v5p:2x2", 1, "3 dimensions"), ("tpu-v6e:0x2", 1, ">= 1"),
+    ("h100x12", 1, "multiple of 8"), ("h100x8", 2, "--slices is for TPU"), ("v5e-16", 0, ">= 1"),
+])
+def test_bad_target_names(name, slices, message):
+    from cpt_jax.errors import UserError
+    from cpt_jax.estimate.targets import parse_target
+
+    with pytest.raises(UserError, match=message):
+        parse_target(name, slices)
+
+
+def test_gpu_target_description_is_generated_from_the_spec():
+    from cpt_jax.estimate.gpu_specs import H100_SXM, target_config_text
+
+    text = target_config_text(H100_SXM)
+    assert "core_count: 132" in text and "major: 9" in text and "ACCELERATED_FEATURES" in text
+    assert f"device_memory_size: {80 * 10**9}" in text and 'name: "NVIDIA H100 80GB HBM3"' in text

@@ -6,11 +6,15 @@ pages, as each vendor states it). Peaks are dense (no structured sparsity) bf16 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from cpt_jax.errors import UserError
 
 GB, GIB = 1e9, 2**30
+# JAX preallocates this share of a GPU's memory for its allocator, and a run can use no more
+# (jax.readthedocs.io, "GPU memory allocation"); XLA_PYTHON_CLIENT_MEM_FRACTION changes it.
+JAX_GPU_MEM_FRACTION = 0.75
 
 
 @dataclass(frozen=True)
@@ -55,3 +59,39 @@ def device_kind(name: str) -> DeviceKind:
     if key not in DEVICE_KINDS:
         raise UserError(f"unknown device kind {name!r}; use one of {', '.join(DEVICE_KINDS)}")
     return DEVICE_KINDS[key]
+
+
+def gpu_memory_fraction() -> tuple[float, str]:
+    """(share of GPU memory a JAX process gets, where that figure comes from)."""
+    raw = os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION")
+    if os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "").lower() in ("false", "0") and raw is None:
+        return 1.0, "XLA_PYTHON_CLIENT_PREALLOCATE=false (no preallocation: all of it, less fragmentation)"
+    if raw is None:
+        return JAX_GPU_MEM_FRACTION, "JAX's default preallocation (XLA_PYTHON_CLIENT_MEM_FRACTION unset)"
+    try:
+        fraction = float(raw)
+    except ValueError:
+        raise UserError(f"XLA_PYTHON_CLIENT_MEM_FRACTION={raw!r} is not a number") from None
+    if not 0 < fraction <= 1:
+        raise UserError(f"XLA_PYTHON_CLIENT_MEM_FRACTION={raw!r} must be in (0, 1]")
+    return fraction, f"XLA_PYTHON_CLIENT_MEM_FRACTION={raw}"
+
+
+def is_gpu(kind: DeviceKind) -> bool:
+    return kind.name.startswith("NVIDIA")
+
+
+def usable_memory(kind: DeviceKind, family: str | None = None) -> float:
+    """Bytes per device a run can use: on GPUs the share JAX preallocates; on TPUs the chip's
+    HBM (when compiled, the TPU compiler's own verdict decides)."""
+    if (family or ("gpu" if is_gpu(kind) else "tpu")) == "gpu":
+        return kind.memory_bytes * gpu_memory_fraction()[0]
+    return kind.memory_bytes
+
+
+def usable_memory_basis(kind: DeviceKind) -> str:
+    """Says which share `usable_memory` assumed."""
+    if is_gpu(kind):
+        fraction, source = gpu_memory_fraction()
+        return f"{fraction:.0%} of {kind.memory_bytes / GB:.0f} GB: {source}"
+    return f"the chip's HBM ({kind.memory_bytes / GIB:.0f} GiB)"

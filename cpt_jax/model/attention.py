@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cpt_jax.model.attention_kernels import KERNELS, fused_attention
+from cpt_jax.model.attention_kernels import KERNELS, fused_attention, platform
 from cpt_jax.model.context_attention import context_attention
 from cpt_jax.sharding.rules import Sharder
 
@@ -51,7 +51,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, imp
     per-device calls under a mesh; when it splits the length (context parallelism), the inputs
     are in its load-balanced order (sharding/context.py).
     """
-    implementation = resolve(implementation)
+    implementation = resolve(implementation, platform(sharder))
     if sharder is not None and sharder.is_split("length"):
         return context_attention(q, k, v, segment_ids, implementation, sharder)
     if implementation == "blocked":

@@ -89,11 +89,22 @@ def pallas_gpu(q, k, v, segment_ids, interpret: bool = False):
 KERNELS = {"splash": splash, "pallas_gpu": pallas_gpu}
 
 
+def platform(sharder: Sharder | None = None) -> str:
+    """The platform the step is compiled for: the mesh's devices' (compile-only TPU or GPU
+    devices on a CPU host included), else JAX's default backend."""
+    mesh = sharder.mesh if sharder is not None else None
+    devices = getattr(mesh, "devices", None)
+    if devices is not None and devices.size:
+        return devices.flat[0].platform
+    return jax.default_backend()
+
+
 def fused_attention(name: str, q, k, v, segment_ids, sharder: Sharder | None = None,
                     interpret: bool | None = None):
-    """Run kernel `name` on each device's shard (whole arrays without a mesh)."""
+    """Run kernel `name` on each device's shard (whole arrays without a mesh). Interpret mode
+    only when the target is the CPU, so a TPU/GPU compile on a CPU host gets the real kernel."""
     if interpret is None:
-        interpret = jax.default_backend() == "cpu"
+        interpret = platform(sharder) == "cpu"
     kernel = functools.partial(KERNELS[name], interpret=interpret)
     if sharder is None or sharder.mesh is None:
         return kernel(q, k, v, segment_ids)

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
 from cpt_jax.errors import ConfigError
-from cpt_jax.model.attention_kernels import KV_AXES, Q_AXES, SEGMENT_AXES, SPLASH_BLOCKS, block_size, splash_rows
+from cpt_jax.model.attention_kernels import KV_AXES, Q_AXES, SEGMENT_AXES, SPLASH_BLOCKS, block_size, platform,
+                                              splash_rows
 from cpt_jax.sharding.context import AXIS, balanced_order, context_size, restore
 from cpt_jax.sharding.rules import Sharder
 
@@ -46,7 +47,7 @@ def context_attention(q, k, v, segment_ids, implementation: str, sharder: Sharde
     length = q.shape[1]
     if implementation == "splash":
         heads = sharder.named(Q_AXES).shard_shape(q.shape)[2]
-        kernel = _balanced_splash(heads, length, shards, jax.default_backend() == "cpu")
+        kernel = _balanced_splash(heads, length, shards, platform(sharder) == "cpu")
         kernel_spec = kernel.manual_sharding_spec(NamedSharding(mesh, PartitionSpec(None, AXIS)))
 
         def local(kernel, q, k, v, seg):
