@@ -24,8 +24,8 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
 from cpt_jax.errors import ConfigError
-from cpt_jax.model.attention_kernels import KV_AXES, Q_AXES, SEGMENT_AXES, SPLASH_BLOCKS, block_size, platform,
-                                              splash_rows
+from cpt_jax.model.attention_kernels import (KV_AXES, Q_AXES, SEGMENT_AXES, SPLASH_BLOCKS, block_size, platform,
+                                             splash_rows)
 from cpt_jax.sharding.context import AXIS, balanced_order, context_size, restore
 from cpt_jax.sharding.rules import Sharder
 
