@@ -149,3 +149,12 @@ def test_row_length_must_split_into_chunks(tiny_model_cfg):
     plan.update(run_dir="unused", mesh={"fsdp": 2, "context": 4}, data={**plan["data"], "seq_len": 20})
     with pytest.raises(ConfigError, match="2 x 4 equal chunks"):
         build_setup(from_dict(RunConfig, plan))
+
+
+def test_long_context_plan_splits_its_long_rows():
+    from pathlib import Path
+
+    from cpt_jax.train.config import load_run_config
+
+    cfg = load_run_config(Path(__file__).resolve().parents[1] / "configs" / "long_context.yaml")
+    assert [cfg.phase_run(i).mesh.context for i in range(3)] == [1, 2, 2]  # from the phase that sets it on

@@ -34,7 +34,7 @@ def slice_of(device_id: int) -> int:
 
 def test_two_slices_layout():
     mesh = make_mesh(TWO_SLICES)
-    assert mesh.axis_names == AXES and dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+    assert mesh.axis_names == AXES and dict(mesh.shape) == {"data": 2, "fsdp": 4, "context": 1, "tensor": 1}
     ids = np.vectorize(lambda d: d.id)(mesh.devices)
     for s in range(2):  # the outer (DCN) part of `data` selects the slice; inside it, one slice's devices
         assert {slice_of(i) for i in ids[s].ravel()} == {s}

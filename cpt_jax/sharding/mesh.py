@@ -36,8 +36,8 @@ class MeshConfig:
     MLP width and vocabulary; it stays inside a slice or node (fast links). context: context
     parallelism, each row's sequence split over devices (attention gathers keys and values; see
     model/context_attention.py), for long-context phases; it also shards parameters like fsdp.
-    dcn_data x dcn_fsdp
-    is the number of slices (TPU) or nodes (GPU): the data / fsdp axes' outer parts, across them.
+    dcn_data x dcn_fsdp is the number of slices (TPU) or nodes (GPU): the data / fsdp axes'
+    outer parts, across them.
     """
 
     data: int = 1  # pure data parallelism inside a slice
