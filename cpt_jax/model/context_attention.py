@@ -21,6 +21,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from cpt_jax.errors import ConfigError
@@ -84,6 +85,19 @@ def _balanced_splash(heads: int, length: int, shards: int, interpret: bool):
         def __init__(self):
             super().__init__((length, length), lambda q_ids, kv_ids: q_ids >= kv_ids)
             self.q_sequence = balanced_order(length, shards)
+
+        def __getitem__(self, idx):
+            """A block of the mask, for splash's block classification (empty, full, partial):
+            blocks wholly below or above the diagonal without evaluating them (a 131k row has
+            65k blocks of 512 x 512), the others as computed."""
+            q_slice, kv_slice = idx
+            rows = self.q_sequence[q_slice]
+            kv_start, kv_stop = kv_slice.start or 0, self.shape[1] if kv_slice.stop is None else kv_slice.stop
+            if rows.min() >= kv_stop - 1:
+                return np.ones((len(rows), kv_stop - kv_start), np.bool_)
+            if rows.max() < kv_start:
+                return np.zeros((len(rows), kv_stop - kv_start), np.bool_)
+            return super().__getitem__(idx)
 
         def __eq__(self, other):
             return isinstance(other, BalancedCausalMask) and other.shape == self.shape
