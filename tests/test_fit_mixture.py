@@ -51,7 +51,9 @@ def write_run(path, ratio: float, seed: int, noise: float) -> None:
 def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     runs = []
-    for ratio in (0.0, 0.01, 0.05, 0.1, 0.25, 0.5):
+    # Shares must span enough of each law to pin it down: with the replay ratio only up to 0.5 the code
+    # share stays in [0.5, 1], where E=1.5, gamma=0.9 and E=0, gamma=0.04 fit equally (not identifiable).
+    for ratio in (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9):
         for seed in (0, 1):
             path = root / f"r{ratio}-s{seed}"
             write_run(path, ratio, seed=int(ratio * 1000) * 10 + seed, noise=0.004)
@@ -62,6 +64,8 @@ def sweep(tmp_path_factory):
 def test_fit_recovers_the_law_and_predicts_the_held_out_ratio(sweep):
     fit = fit_mixture([load_run(p) for p in sweep], "prose", holdout=0.1, budget=0.2)
     assert fit.new == "code"
+    for source, params in TRUE.items():
+        assert fit.fits[source].params == pytest.approx(params, rel=0.05), source
     for source in ("prose", "code"):
         h = fit.holdout[source]
         assert h["within"], h
@@ -101,3 +105,34 @@ def test_too_few_ratios_is_a_clear_error(sweep, capsys):
     rc = main(["fit-mixture", *map(str, sweep[:6]), "--replay", "prose"])
     assert rc == 2
     assert "4 or more replay ratios" in capsys.readouterr().err
+
+
+def test_a_constant_law_is_reported_not_identifiable(tmp_path, capsys):
+    """A source whose loss does not move with its share (a flat sweep) fits a constant law: the CLI
+    says so (exit 0), predicts nothing for it, and the JSON carries identifiable: false."""
+    runs = []
+    for ratio in (0.0, 0.01, 0.05, 0.1, 0.25, 0.5):
+        path = tmp_path / f"r{ratio}"
+        write_run(path, ratio, seed=int(ratio * 1000), noise=0.0)
+        rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+        for r in rows:
+            if r["step"] == 20 and r["source"] == "code":
+                r["loss"] = 4.0 + 0.003 * np.sin(ratio * 50)  # noise around a constant, no trend
+        (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        runs.append(path)
+    fit = fit_mixture([load_run(p) for p in runs], "prose", holdout=0.1)
+    assert not fit.fits["code"].identifiable and fit.fits["prose"].identifiable
+    assert fit.holdout["code"]["predicted"] is None and fit.holdout["prose"]["predicted"] is not None
+    out = tmp_path / "fit.json"
+    rc = main(["fit-mixture", *map(str, runs), "--replay", "prose", "--holdout", "0.1", "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "code: the law is not identifiable" in text and "not identifiable |" in text
+    data = json.loads(out.read_text())
+    assert data["identifiable"] is False and data["fits"]["code"]["identifiable"] is False
+    assert data["fits"]["prose"]["identifiable"] is True and data["fits"]["code"]["degenerate"]
+
+
+def test_the_known_laws_are_identifiable(sweep):
+    fit = fit_mixture([load_run(p) for p in sweep], "prose")
+    assert fit.identifiable, {s: f.degenerate for s, f in fit.fits.items()}

@@ -44,7 +44,7 @@ def test_two_slices_layout():
     assert dict(mesh.shape) == {"data": 1, "fsdp": 4, "context": 1, "tensor": 2}
     ids = np.vectorize(lambda d: d.id)(mesh.devices)[0]
     assert {slice_of(i) for i in ids[:2].ravel()} == {0} and {slice_of(i) for i in ids[2:].ravel()} == {1}
-    assert abstract_mesh(TWO_SLICES, 256).shape == {"data": 2, "fsdp": 128, "tensor": 1}
+    assert abstract_mesh(TWO_SLICES, 256).shape == {"data": 2, "fsdp": 128, "context": 1, "tensor": 1}
 
 
 def test_product_rule_messages():

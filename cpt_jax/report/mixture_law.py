@@ -26,6 +26,10 @@ from cpt_jax.errors import UserError
 from cpt_jax.report.runs import RunRecord
 
 EPS = 0.01  # keeps a source with no rows at a finite (forgotten) loss; fixed so 3 parameters fit 4+ ratios
+GAMMA_MAX = 5.0  # upper bound of the exponent in the fit
+# A fitted parameter this close to a bound (relative to the loss scale) is "at" it: the data did not
+# pin it down, so the law is a constant or a step and its predictions say nothing about other ratios.
+AT_BOUND = 1e-3
 
 
 def law(x, e, c, gamma):
@@ -46,6 +50,11 @@ class SourceFit:
     params: tuple[float, float, float]  # E, C, gamma
     rmse: float  # of the fit on its own points
     loo_rmse: float  # leave-one-ratio-out prediction error over the fitted ratios: the stated error
+    degenerate: tuple[str, ...] = ()  # why the law is not identifiable from these points (empty: it is)
+
+    @property
+    def identifiable(self) -> bool:
+        return not self.degenerate
 
     def predict(self, share: float | np.ndarray) -> np.ndarray:
         return law(share, *self.params)
@@ -59,6 +68,10 @@ class MixtureFit:
     fits: dict[str, SourceFit]
     holdout: dict | None = None  # {ratio, source: {measured, predicted, error, stated_error, within}}
     recommendation: dict = field(default_factory=dict)
+
+    @property
+    def identifiable(self) -> bool:
+        return all(f.identifiable for f in self.fits.values())
 
     def share(self, source: str, ratio):
         return ratio if source == self.replay else 1.0 - np.asarray(ratio)
@@ -90,11 +103,35 @@ def sweep_points(runs: list[RunRecord], replay: str, phase: int = -1) -> list[Sw
     return points
 
 
+def _e_bounds(y: np.ndarray) -> tuple[float, float]:
+    return 0.0, max(float(np.min(y)), 1e-6)
+
+
 def _fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
-    lo = float(np.min(y))
-    p0 = (max(lo - 0.1, 0.0), 0.1, 0.5)
-    params, _ = curve_fit(law, x, y, p0=p0, bounds=([0.0, 0.0, 0.0], [max(lo, 1e-6), np.inf, 5.0]), maxfev=20000)
+    lo, hi = _e_bounds(y)
+    p0 = (max(hi - 0.1, lo), 0.1, 0.5)
+    params, _ = curve_fit(law, x, y, p0=p0, bounds=([lo, 0.0, 0.0], [hi, np.inf, GAMMA_MAX]), maxfev=20000)
     return tuple(float(p) for p in params)
+
+
+def degeneracies(params: tuple[float, float, float], y: np.ndarray) -> tuple[str, ...]:
+    """Why a fit is not identifiable: an exponent at 0 (a constant law), or a parameter at the bound
+    the fit imposed (the optimum lies outside what the law can express)."""
+    e, c, gamma = params
+    lo, hi = _e_bounds(y)
+    scale = max(float(np.max(np.abs(y))), 1.0)
+    out = []
+    if gamma <= AT_BOUND:
+        out.append(f"gamma = {gamma:.3g} (at 0: a constant law)")
+    elif gamma >= GAMMA_MAX - AT_BOUND:
+        out.append(f"gamma = {gamma:.3g} (at its bound {GAMMA_MAX})")
+    if c <= AT_BOUND * scale:
+        out.append(f"C = {c:.3g} (at 0: a constant law)")
+    if e <= lo + AT_BOUND * scale:
+        out.append(f"E = {e:.4g} (at its bound 0)")
+    elif e >= hi - AT_BOUND * scale:
+        out.append(f"E = {e:.4g} (at its bound, the lowest measured loss {hi:.4g})")
+    return tuple(out)
 
 
 def _fit_source(source: str, x: np.ndarray, y: np.ndarray) -> SourceFit:
@@ -108,7 +145,7 @@ def _fit_source(source: str, x: np.ndarray, y: np.ndarray) -> SourceFit:
         p = _fit(x[keep], y[keep])
         errors.extend(law(x[~keep], *p) - y[~keep])
     loo = float(np.sqrt(np.mean(np.square(errors)))) if errors else math.nan
-    return SourceFit(source, params, rmse, loo)
+    return SourceFit(source, params, rmse, loo, degeneracies(params, y))
 
 
 def fit_mixture(runs: list[RunRecord], replay: str, *, holdout: float | None = None, budget: float = 0.1,
@@ -116,7 +153,8 @@ def fit_mixture(runs: list[RunRecord], replay: str, *, holdout: float | None = N
     """Fit each source's loss against its share; with `holdout`, leave the runs at that ratio out
     of the fit and report the prediction for them against the stated error (the fit's
     leave-one-ratio-out error); recommend the smallest ratio whose predicted forgetting of `replay`
-    (end minus start loss of the phase) is at most `budget`."""
+    (end minus start loss of the phase) is at most `budget`. A source whose fit is degenerate
+    (`SourceFit.degenerate`) gets no prediction and, if it is `replay`, no recommendation."""
     points = sweep_points(runs, replay, phase)
     sources = sorted(set.intersection(*(set(p.end) for p in points)))
     news = [s for s in sources if s != replay]
@@ -139,20 +177,24 @@ def fit_mixture(runs: list[RunRecord], replay: str, *, holdout: float | None = N
         result.holdout = {"ratio": holdout}
         for source, f in result.fits.items():
             measured = float(np.mean([p.end[source] for p, h in zip(points, ~fitted) if h]))
+            if not f.identifiable:
+                result.holdout[source] = {"measured": measured, "predicted": None, "error": None,
+                                          "stated_error": f.loo_rmse, "within": None}
+                continue
             predicted = float(f.predict(result.share(source, holdout)))
             stated = f.loo_rmse
             result.holdout[source] = {"measured": measured, "predicted": predicted,
                                       "error": abs(predicted - measured), "stated_error": stated,
                                       "within": abs(predicted - measured) <= stated}
     start = float(np.mean([p.start[replay] for p in points if replay in p.start]))
-    grid = np.linspace(0.0, 1.0, 1001)
-    forgetting = result.fits[replay].predict(grid) - start
-    ok = np.flatnonzero(forgetting <= budget)
-    result.recommendation = {
-        "budget": budget, "start_loss": start,
-        "ratio": float(grid[ok[0]]) if ok.size else None,
-        "new_domain_loss": float(result.fits[new].predict(1.0 - grid[ok[0]])) if ok.size else None,
-    }
+    result.recommendation = {"budget": budget, "start_loss": start, "ratio": None, "new_domain_loss": None}
+    if result.fits[replay].identifiable:
+        grid = np.linspace(0.0, 1.0, 1001)
+        ok = np.flatnonzero(result.fits[replay].predict(grid) - start <= budget)
+        if ok.size:
+            result.recommendation["ratio"] = float(grid[ok[0]])
+            if result.fits[new].identifiable:
+                result.recommendation["new_domain_loss"] = float(result.fits[new].predict(1.0 - grid[ok[0]]))
     return result
 
 
@@ -162,21 +204,31 @@ def format_fit(fit: MixtureFit) -> str:
     for f in fit.fits.values():
         e, c, g = f.params
         lines.append(f"| {f.source} | {e:.4f} | {c:.4f} | {g:.3f} | {f.rmse:.4f} | {f.loo_rmse:.4f} |")
+    for f in fit.fits.values():
+        if not f.identifiable:
+            lines.append(f"{f.source}: the law is not identifiable from these runs ({'; '.join(f.degenerate)}): "
+                         "no prediction; add runs at more distinct ratios, longer phases or more seeds")
     if fit.holdout:
         lines += ["", f"held-out ratio {fit.holdout['ratio']}:", "| source | measured | predicted | error | "
                   "stated error | within |", "|---|---|---|---|---|---|"]
         for source in fit.fits:
             h = fit.holdout[source]
+            if h["predicted"] is None:
+                lines.append(f"| {source} | {h['measured']:.4f} | not identifiable | - | {h['stated_error']:.4f} | - |")
+                continue
             lines.append(f"| {source} | {h['measured']:.4f} | {h['predicted']:.4f} | {h['error']:.4f} | "
                          f"{h['stated_error']:.4f} | {'yes' if h['within'] else 'no'} |")
     rec = fit.recommendation
     lines.append("")
-    if rec["ratio"] is None:
+    if not fit.fits[fit.replay].identifiable:
+        lines.append(f"no recommendation: the law of {fit.replay!r} is not identifiable")
+    elif rec["ratio"] is None:
         lines.append(f"no replay ratio keeps forgetting of {fit.replay!r} within {rec['budget']} (phase-start "
                      f"loss {rec['start_loss']:.4f}); raise the budget")
     else:
+        new_loss = ("not identifiable" if rec["new_domain_loss"] is None else f"{rec['new_domain_loss']:.4f}")
         lines.append(f"smallest replay ratio with forgetting <= {rec['budget']}: {rec['ratio']:.3f} (predicted "
-                     f"{fit.new} loss {rec['new_domain_loss']:.4f})")
+                     f"{fit.new} loss {new_loss})")
     return "\n".join(lines)
 
 
@@ -191,8 +243,11 @@ def plot_fit(fit: MixtureFit, out) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, source in zip(axes, (fit.replay, fit.new)):
         ax.scatter([p.ratio for p in fit.points], [p.end[source] for p in fit.points], s=14, label="runs")
-        ax.plot(grid, fit.fits[source].predict(fit.share(source, grid)), color="tab:orange", label="fitted law")
-        if fit.holdout:
+        f = fit.fits[source]
+        ax.plot(grid, f.predict(fit.share(source, grid)), color="tab:orange",
+                linestyle="-" if f.identifiable else ":",
+                label="fitted law" if f.identifiable else "fit (not identifiable)")
+        if fit.holdout and fit.holdout[source]["predicted"] is not None:
             ax.scatter([fit.holdout["ratio"]], [fit.holdout[source]["predicted"]], marker="x", color="red",
                        label="prediction (held out)")
         ax.set_xlabel(f"replay ratio of {fit.replay}")
@@ -209,8 +264,9 @@ def plot_fit(fit: MixtureFit, out) -> None:
 
 
 def fit_to_dict(fit: MixtureFit) -> dict:
-    return {"replay": fit.replay, "new": fit.new,
+    return {"replay": fit.replay, "new": fit.new, "identifiable": fit.identifiable,
             "points": [{"run": p.run, "ratio": p.ratio, "start": p.start, "end": p.end} for p in fit.points],
             "fits": {s: {"E": f.params[0], "C": f.params[1], "gamma": f.params[2], "eps": EPS, "rmse": f.rmse,
-                         "loo_rmse": f.loo_rmse} for s, f in fit.fits.items()},
+                         "loo_rmse": f.loo_rmse, "identifiable": f.identifiable, "degenerate": list(f.degenerate)}
+                     for s, f in fit.fits.items()},
             "holdout": fit.holdout, "recommendation": fit.recommendation}

@@ -54,6 +54,7 @@ class PhaseConfig:
     rope_theta: Optional[float] = None  # RoPE base from this phase on
     rope_scaling: Optional[RopeScalingConfig] = None  # RoPE scaling from this phase on
     max_position_embeddings: Optional[int] = None  # the model's context length from this phase on
+    freeze: Optional[list[str]] = None  # optimizer.freeze from this phase on ([] trains everything again)
     mesh: Optional[MeshConfig] = None  # the device mesh from this phase on (e.g. context: 2 for long rows)
 
     def validate(self, path: str) -> None:
@@ -78,6 +79,11 @@ class PhaseConfig:
                     "only a phase that starts from `previous` or from a ckpt:<run_dir>@<step> has an EMA to start from")
         if self.rope_theta is not None:
             require(self.rope_theta > 0, path, "rope_theta", f"must be positive, got {self.rope_theta}")
+        if self.freeze is not None:
+            from cpt_jax.train.freeze import parse_entry
+
+            for entry in self.freeze:
+                parse_entry(entry, join(path, "freeze"))
 
     @property
     def carried(self) -> frozenset[str]:
@@ -171,18 +177,21 @@ class RunConfig:
         return self.phase_run(0).data.global_batch_size * self.phase_run(0).data.seq_len
 
     def phase_run(self, i: int) -> RunConfig:
-        """The run as phase i sees it: its data, model and mesh sections with the per-phase
-        overrides of phases 0..i applied (each key: the latest phase that sets it; a phase's mesh
-        replaces the whole mesh section)."""
-        data, model, mesh = {}, {}, self.mesh
+        """The run as phase i sees it: its data, model and mesh sections (and optimizer.freeze) with
+        the per-phase overrides of phases 0..i applied (each key: the latest phase that sets it; a
+        phase's mesh replaces the whole mesh section)."""
+        data, model, optimizer, mesh = {}, {}, {}, self.mesh
         for phase in self.phases[: i + 1]:
             data.update({k: getattr(phase, k) for k in PHASE_DATA_KEYS if getattr(phase, k) is not None})
             model.update({k: getattr(phase, k) for k in PHASE_MODEL_KEYS if getattr(phase, k) is not None})
+            if phase.freeze is not None:
+                optimizer["freeze"] = phase.freeze
             mesh = phase.mesh or mesh
-        if not data and not model and mesh is self.mesh:
+        if not data and not model and not optimizer and mesh is self.mesh:
             return self
         return dataclasses.replace(self, data=dataclasses.replace(self.data, **data),
-                                   model=dataclasses.replace(self.model, **model), mesh=mesh)
+                                   model=dataclasses.replace(self.model, **model),
+                                   optimizer=dataclasses.replace(self.optimizer, **optimizer), mesh=mesh)
 
     def phase_tokens_per_step(self) -> list[int]:
         return [r.data.global_batch_size * r.data.seq_len for r in map(self.phase_run, range(len(self.phases)))]

@@ -35,7 +35,8 @@ from cpt_jax.train.phase_init import (carried_stream_state, check_start_points, 
                                       run_checkpoint_start)
 from cpt_jax.train.run_dir import check_fresh_start, holds_checkpoints, prepare_run_dir
 from cpt_jax.train.setup import RunSetup, build_setup
-from cpt_jax.train.state import TrainState, new_train_state, start_ema
+from cpt_jax.train.freeze import carry_opt_state
+from cpt_jax.train.state import TrainState, init_opt_state, new_train_state, start_ema
 from cpt_jax.train.task_eval import TaskEvaluator, task_rows
 
 
@@ -104,7 +105,7 @@ class Trainer:
         """The setup of `phase` (its row length, batch, RoPE settings and mesh); phases that share
         them share one setup (and its compiled steps), phases on the same mesh one mesh."""
         run = self.cfg.phase_run(phase)
-        key = repr((run.model, run.data, run.mesh))
+        key = repr((run.model, run.data, run.optimizer.freeze, run.mesh))
         if key not in self._setups:
             mesh = next((s.mesh for s in self._setups.values() if s.cfg.mesh == run.mesh), None)
             self._setups[key] = build_setup(self.cfg, mesh, phase)
@@ -172,6 +173,7 @@ class Trainer:
                         loop.train = _onto(loop.train, self.setup.shardings)
                     if loop.phase_step == 0:
                         self._enter_phase(loop)
+                        loop.train = _onto(loop.train, self.setup.shardings)
                     if self._run_phase(loop, stop):
                         return self.summary
             self.ckpt.wait()
@@ -187,6 +189,9 @@ class Trainer:
         if not self.ckpt.steps():
             check_fresh_start(self.cfg.run_dir)
             return LoopState()
+        # The optimizer state has the shape of the saved phase's trainable view (its freeze).
+        saved_phase = self.ckpt.read_meta(self.ckpt.latest_step())["phase"]
+        self.setup = self._setup_for(min(saved_phase, len(self.cfg.phases) - 1))
         restored = self.ckpt.restore_latest_good(self.setup.abstract_params, self.setup.abstract_opt)
         if restored is None:  # every step was damaged (now in corrupt-checkpoints/)
             check_fresh_start(self.cfg.run_dir)
@@ -221,17 +226,31 @@ class Trainer:
             if source is not None:
                 loop.source = source
             if pc.init == "previous" and "optimizer" in pc.carried and loop.train is not None:
-                opt_state = loop.train.opt_state
+                opt_state = self._carried_opt_state(loop)
                 ema = None if pc.from_ema else loop.train.ema  # the EMA goes on with the optimizer
         if opt_state is not None:
             step = jax.device_put(np.int32(setup.starts[loop.phase]), setup.shardings.step)
             loop.train = TrainState(step=step, params=params, opt_state=opt_state,
                                     ema=start_ema(params, setup.shardings, ema))
         else:
-            loop.train = new_train_state(setup.tx, params, setup.shardings, step=setup.starts[loop.phase])
+            loop.train = new_train_state(setup.tx, params, setup.shardings, step=setup.starts[loop.phase],
+                                         freeze=setup.freeze)
         self.bar.write(f"phase {loop.phase} {pc.name!r}: {setup.steps[loop.phase]} steps from {pc.init} "
                        f"(carry {'+'.join(p for p in ('params', 'optimizer', 'data') if p in pc.carried)})")
         self._evaluate(loop, setup.starts[loop.phase])
+
+    def _carried_opt_state(self, loop: LoopState) -> Any:
+        """The optimizer state a phase carries from the phase before; where the phase freezes
+        differently, parameters that start training now start with fresh moments (said so)."""
+        before = self._setup_for(loop.phase - 1).freeze
+        if before == self.setup.freeze:
+            return loop.train.opt_state
+        fresh = init_opt_state(self.setup.tx, loop.train.params, self.setup.shardings, self.setup.freeze)
+        opt_state, restarted = carry_opt_state(loop.train.opt_state, fresh)
+        frozen = ", ".join(self.setup.freeze.describe()) or "nothing"
+        self.bar.write(f"phase {loop.phase}: freeze changed (frozen now: {frozen}); {restarted} optimizer state "
+                       "tensors start afresh for the parameters that start training, the rest carry on")
+        return opt_state
 
     def _hooks(self, loop: LoopState, pending: PendingMetrics) -> Hooks:
         cfg = self.cfg
@@ -389,8 +408,15 @@ def train(cfg: RunConfig, **kwargs: Any) -> dict:
 
 def _onto(state: TrainState, shardings: TrainState) -> TrainState:
     """The state on another mesh's shardings (arrays already there stay; moved ones free their
-    old buffers, so a phase switch does not hold two copies of the state)."""
-    return jax.tree.map(lambda x, s: x if x.sharding == s else jax.device_put(x, s, donate=True), state, shardings)
+    old buffers, so a phase switch does not hold two copies of the state). An optimizer state
+    of another freeze view stays until the phase entry has carried it into this phase's view."""
+    def move(tree, target):
+        return jax.tree.map(lambda x, s: x if x.sharding == s else jax.device_put(x, s, donate=True), tree, target)
+
+    if jax.tree.structure(state.opt_state) == jax.tree.structure(shardings.opt_state):
+        return move(state, shardings)
+    return state.replace(step=move(state.step, shardings.step), params=move(state.params, shardings.params),
+                         ema=move(state.ema, shardings.ema))
 
 
 def _normalised(mixture: dict) -> dict:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jax
@@ -24,6 +24,8 @@ class OptimizerConfig:
     grad_accum: int = 1  # micro-batches per step; the global batch is split evenly
     ema_decay: float = 0.0  # keep an EMA of the weights (e.g. 0.999), evaluated and saved beside them; 0: off
     decay_norms_and_biases: bool = False  # also decay norm scales and biases (matched by name)
+    # Frozen tensors get no gradient, no update and no optimizer state (train/freeze.py).
+    freeze: list[str] = field(default_factory=list)  # globs without the layer index (embed, layers.attn.*) and block ranges (layers[0:4], layers[:2].mlp.*)
 
     def validate(self, path: str) -> None:
         require(self.weight_decay >= 0, path, "weight_decay", "must be >= 0")
@@ -34,6 +36,10 @@ class OptimizerConfig:
         require(self.z_loss >= 0, path, "z_loss", "must be >= 0")
         require(self.grad_accum >= 1, path, "grad_accum", "must be >= 1")
         require(0 <= self.ema_decay < 1, path, "ema_decay", f"must be in [0, 1) (0: off), got {self.ema_decay}")
+        from cpt_jax.train.freeze import parse_entry  # the syntax now; what the names match, at setup
+
+        for entry in self.freeze:
+            parse_entry(entry, f"{path}.freeze" if path else "freeze")
 
 
 def is_norm_or_bias(path: tuple) -> bool:

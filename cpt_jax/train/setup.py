@@ -20,6 +20,7 @@ from cpt_jax.schedules import build_plan_schedule
 from cpt_jax.sharding import make_mesh
 from cpt_jax.sharding.placement import batch_sharding, place_batch
 from cpt_jax.train.config import RunConfig
+from cpt_jax.train.freeze import Freeze, build_freeze
 from cpt_jax.train.heldout import heldout_losses
 from cpt_jax.train.mesh_fit import check_run_fits_mesh
 from cpt_jax.train.optimizer import make_optimizer
@@ -36,6 +37,7 @@ class RunSetup:
     param_shardings: Any  # tree like params
     abstract_params: Any  # ShapeDtypeStructs carrying param_shardings (restore targets)
     tx: optax.GradientTransformation
+    freeze: Freeze  # what trains: the optimizer state covers freeze.view(params) only
     shardings: TrainState  # of the whole train state
     abstract_opt: Any
     batch_sharding: NamedSharding
@@ -74,10 +76,12 @@ def build_setup(cfg: RunConfig, mesh: Mesh | None = None, phase: int = 0) -> Run
     p_shardings = param_shardings(cfg.model, mesh)
     tx = make_optimizer(cfg.optimizer)
     abstract = with_shardings(abstract_params(cfg.model), p_shardings)
-    shardings = train_state_shardings(tx, p_shardings, abstract, mesh, ema=cfg.optimizer.ema_decay > 0)
-    abstract_opt = with_shardings(jax.eval_shape(tx.init, abstract), shardings.opt_state)
-    step_fn = make_train_step(graphdef, tx, schedule, cfg.optimizer, mesh, num_sources=len(cfg.data.sources))
+    freeze = build_freeze(cfg.optimizer.freeze, abstract, cfg.model.num_layers)
+    shardings = train_state_shardings(tx, p_shardings, abstract, mesh, ema=cfg.optimizer.ema_decay > 0, freeze=freeze)
+    abstract_opt = with_shardings(jax.eval_shape(tx.init, freeze.view(abstract)), shardings.opt_state)
+    step_fn = make_train_step(graphdef, tx, schedule, cfg.optimizer, mesh, num_sources=len(cfg.data.sources),
+                              freeze=freeze)
     return RunSetup(cfg=cfg, mesh=mesh, pipe=pipe, graphdef=graphdef, param_shardings=p_shardings,
-                    abstract_params=abstract, tx=tx, shardings=shardings, abstract_opt=abstract_opt,
+                    abstract_params=abstract, tx=tx, freeze=freeze, shardings=shardings, abstract_opt=abstract_opt,
                     batch_sharding=batch_sharding(mesh), train_step=jit_train_step(step_fn, shardings, mesh),
                     eval_step=make_eval_step(graphdef, p_shardings, mesh), steps=steps, starts=starts)

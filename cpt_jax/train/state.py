@@ -31,20 +31,22 @@ def ema_update(ema: Any, params: Any, decay: float) -> Any:
 
 
 def train_state_shardings(tx: optax.GradientTransformation, params_shardings, abstract_params, mesh: Mesh,
-                          ema: bool = False):
+                          ema: bool = False, freeze: Any = None):
     """Optimizer moments (and the EMA, when kept) follow their parameter's sharding; counters are
-    replicated."""
-    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    replicated. With `freeze` (train/freeze.py) the optimizer holds state for its trainable view only."""
+    view = freeze.view if freeze is not None else (lambda t: t)
+    abstract_opt = jax.eval_shape(tx.init, view(abstract_params))
     opt_shardings = optax.tree_map_params(
-        tx, lambda _, s: s, abstract_opt, params_shardings,
+        tx, lambda _, s: s, abstract_opt, view(params_shardings),
         transform_non_params=lambda _: replicated(mesh),
         is_leaf=lambda x: isinstance(x, NamedSharding))
     return TrainState(step=replicated(mesh), params=params_shardings, opt_state=opt_shardings,
                       ema=params_shardings if ema else None)
 
 
-def init_opt_state(tx, params, shardings: TrainState):
-    return jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+def init_opt_state(tx, params, shardings: TrainState, freeze: Any = None):
+    view = freeze.view if freeze is not None else (lambda t: t)
+    return jax.jit(lambda p: tx.init(view(p)), out_shardings=shardings.opt_state)(params)
 
 
 def start_ema(params: Any, shardings: TrainState, ema: Any = None) -> Any:
@@ -57,7 +59,8 @@ def start_ema(params: Any, shardings: TrainState, ema: Any = None) -> Any:
     return jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=shardings.ema)(params)
 
 
-def new_train_state(tx, params, shardings: TrainState, step: int = 0, ema: Any = None) -> TrainState:
+def new_train_state(tx, params, shardings: TrainState, step: int = 0, ema: Any = None,
+                    freeze: Any = None) -> TrainState:
     step_arr = jax.device_put(jnp.asarray(step, jnp.int32), shardings.step)
-    return TrainState(step=step_arr, params=params, opt_state=init_opt_state(tx, params, shardings),
+    return TrainState(step=step_arr, params=params, opt_state=init_opt_state(tx, params, shardings, freeze),
                       ema=start_ema(params, shardings, ema))

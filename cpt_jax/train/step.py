@@ -14,6 +14,7 @@ from cpt_jax.train.optimizer import OptimizerConfig
 from cpt_jax.sharding.context import context_size, reorder_rows
 from cpt_jax.sharding.placement import BATCH_AXES, batch_sharding, replicated
 from cpt_jax.sharding.rules import logical_to_spec
+from cpt_jax.train.freeze import Freeze
 from cpt_jax.train.loss import loss_sums, targets_and_mask
 from cpt_jax.train.state import TrainState, ema_update
 
@@ -36,15 +37,18 @@ def _zero_sums(num_sources: int) -> dict[str, jax.Array]:
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: Callable,
-                    opt_cfg: OptimizerConfig, mesh: Mesh | None = None, num_sources: int = 0) -> Callable:
+                    opt_cfg: OptimizerConfig, mesh: Mesh | None = None, num_sources: int = 0,
+                    freeze: Freeze | None = None) -> Callable:
     """Pure step function (state, batch) -> (state, metrics); jit it with `jit_train_step`.
 
     num_sources > 0 (len(data.sources)): metrics also hold 'source_nll' and 'source_tokens',
-    [num_sources] sums from the same forward pass; `per_source_losses` turns them into losses."""
+    [num_sources] sums from the same forward pass; `per_source_losses` turns them into losses.
+    freeze: gradients, updates and the optimizer state cover `freeze.view(params)` only."""
     accum = opt_cfg.grad_accum
+    freeze = freeze or Freeze({})
 
-    def objective(params, micro):
-        sums = _forward_sums(graphdef, params, micro, opt_cfg.z_loss, num_sources)
+    def objective(trainable, params, micro):
+        sums = _forward_sums(graphdef, freeze.merge(trainable, params), micro, opt_cfg.z_loss, num_sources)
         return sums["nll_sum"] + sums["z_sum"], sums
 
     grad_fn = jax.grad(objective, has_aux=True)
@@ -60,19 +64,21 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: Callab
         return jax.tree.map(split, batch)
 
     def step_fn(state: TrainState, batch: dict):
+        trainable = freeze.view(state.params)
         if accum == 1:
-            grads, sums = grad_fn(state.params, batch)
+            grads, sums = grad_fn(trainable, state.params, batch)
         else:
             def body(carry, micro):
-                g, s = grad_fn(state.params, micro)
+                g, s = grad_fn(trainable, state.params, micro)
                 return jax.tree.map(jnp.add, carry, (g, s)), None
-            zeros = (jax.tree.map(jnp.zeros_like, state.params), _zero_sums(num_sources))
+            zeros = (jax.tree.map(jnp.zeros_like, trainable), _zero_sums(num_sources))
             (grads, sums), _ = jax.lax.scan(body, zeros, micro_batches(batch))
         count = jnp.maximum(sums["tokens"], 1.0)
         grads = jax.tree.map(lambda g: g / count, grads)
         lr = schedule(state.step)
-        direction, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, jax.tree.map(lambda u: -lr * u, direction))
+        direction, opt_state = tx.update(grads, state.opt_state, trainable)
+        trained = optax.apply_updates(trainable, jax.tree.map(lambda u: -lr * u, direction))
+        params = freeze.merge(trained, state.params)
         metrics = {
             "loss": sums["nll_sum"] / count,
             "z_loss": sums["z_sum"] / count,
