@@ -53,7 +53,8 @@ def test_bad_values_name_the_key(override, key, words):
 def test_mesh_product_must_match_devices():
     with pytest.raises(ConfigError, match="8 devices, but 4 are available"):
         MeshConfig(data=2, fsdp=2, tensor=2).resolve(4)
-    assert MeshConfig(data=2, fsdp=-1, tensor=2).resolve(8) == (2, 2, 2)
+    assert MeshConfig(data=2, fsdp=-1, tensor=2).resolve(8) == (2, 2, 1, 2)
+    assert MeshConfig(data=1, fsdp=-1, context=2, tensor=2).resolve(8) == (1, 2, 2, 2)
     with pytest.raises(ConfigError, match="do not divide"):
         MeshConfig(data=3, fsdp=-1).resolve(8)
 

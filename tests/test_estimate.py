@@ -61,7 +61,7 @@ def test_estimate_matches_what_a_run_allocates(tmp_path):
 def test_compile_in_a_subprocess_for_another_device_count(tmp_path):
     cfg = tiny_cfg(tmp_path, data=1)
     est = estimate_plan(cfg, 2)  # this process has 8 devices: the compile runs in a 2-device child
-    assert est["analytic"]["mesh"] == {"data": 1, "fsdp": 2, "tensor": 1}
+    assert est["analytic"]["mesh"] == {"data": 1, "fsdp": 2, "context": 1, "tensor": 1}
     assert est["compiled"]["params"] == est["analytic"]["params"]
     assert est["compiled"]["opt_state"] == est["analytic"]["opt_state"]
     assert est["compiled"]["flops"] > 0

@@ -34,17 +34,17 @@ def slice_of(device_id: int) -> int:
 
 def test_two_slices_layout():
     mesh = make_mesh(TWO_SLICES)
-    assert mesh.axis_names == AXES and dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+    assert mesh.axis_names == AXES and dict(mesh.shape) == {"data": 2, "fsdp": 4, "context": 1, "tensor": 1}
     ids = np.vectorize(lambda d: d.id)(mesh.devices)
     for s in range(2):  # the outer (DCN) part of `data` selects the slice; inside it, one slice's devices
         assert {slice_of(i) for i in ids[s].ravel()} == {s}
         assert sorted(ids[s].ravel()) == list(range(4 * s, 4 * s + 4))
 
     mesh = make_mesh(TWO_SLICES_FSDP)
-    assert dict(mesh.shape) == {"data": 1, "fsdp": 4, "tensor": 2}
+    assert dict(mesh.shape) == {"data": 1, "fsdp": 4, "context": 1, "tensor": 2}
     ids = np.vectorize(lambda d: d.id)(mesh.devices)[0]
     assert {slice_of(i) for i in ids[:2].ravel()} == {0} and {slice_of(i) for i in ids[2:].ravel()} == {1}
-    assert abstract_mesh(TWO_SLICES, 256).shape == {"data": 2, "fsdp": 128, "tensor": 1}
+    assert abstract_mesh(TWO_SLICES, 256).shape == {"data": 2, "fsdp": 128, "context": 1, "tensor": 1}
 
 
 def test_product_rule_messages():

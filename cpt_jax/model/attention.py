@@ -10,7 +10,8 @@ full passes over it in the backward (profiled in benchmarks/RESULTS.md). "blocke
 query blocks, each against only the keys up to its diagonal (about half the work for causal
 attention), and has a hand-written backward that recomputes the probabilities from the saved
 log-sum-exp instead of storing them, the flash-attention recipe. "auto" picks "blocked" on CPU,
-"splash" on TPU and "pallas_gpu" on GPU (AUTO).
+"splash" on TPU and "pallas_gpu" on GPU (AUTO). With the row split over the `context` mesh axis,
+context_attention.py gathers keys and values first.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cpt_jax.model.attention_kernels import KERNELS, fused_attention, platform
+from cpt_jax.model.context_attention import context_attention
 from cpt_jax.sharding.rules import Sharder
 
 # Query rows per block. 64, 128 and 256 measured within noise of each other on CPU at L=512;
@@ -46,9 +48,12 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, imp
 
     Causality is by index within the row, and a token only sees tokens of its own segment.
     Every token sees itself, so no row is fully masked. `sharder` places the fused kernels'
-    per-device calls under a mesh.
+    per-device calls under a mesh; when it splits the length (context parallelism), the inputs
+    are in its load-balanced order (sharding/context.py).
     """
     implementation = resolve(implementation, platform(sharder))
+    if sharder is not None and sharder.is_split("length"):
+        return context_attention(q, k, v, segment_ids, implementation, sharder)
     if implementation == "blocked":
         return _blocked(q, k, v, segment_ids)
     if implementation in KERNELS:

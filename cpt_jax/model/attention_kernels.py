@@ -31,7 +31,7 @@ SPLASH_BLOCKS = (512, 256, 128)  # the kernel's lanes are 128 wide: blocks must 
 GPU_BLOCKS = (128, 64, 32, 16)
 
 
-def _block(length: int, candidates: tuple[int, ...], kernel: str) -> int:
+def block_size(length: int, candidates: tuple[int, ...], kernel: str) -> int:
     for b in candidates:
         if length % b == 0:
             return b
@@ -51,7 +51,7 @@ def _splash_kernel(heads: int, length: int, interpret: bool):
         splash_attention_mask as sm,
     )
 
-    b = _block(length, SPLASH_BLOCKS, "splash")
+    b = block_size(length, SPLASH_BLOCKS, "splash")
     sizes = sk.BlockSizes(block_q=b, block_kv=b, block_kv_compute=b, block_q_dkv=b, block_kv_dkv=b,
                           block_kv_dkv_compute=b, block_q_dq=b, block_kv_dq=b)
     mask = sm.MultiHeadMask([sm.CausalMask((length, length)) for _ in range(heads)])
@@ -60,26 +60,30 @@ def _splash_kernel(heads: int, length: int, interpret: bool):
 
 def splash(q, k, v, segment_ids, interpret: bool = False):
     """q: [B, L, H, D]; k, v: [B, L, K, D]; segment_ids: [B, L] (one device's shard)."""
+    return splash_rows(_splash_kernel(q.shape[2], q.shape[1], interpret), q, k, v, segment_ids, segment_ids)
+
+
+def splash_rows(kernel, q, k, v, q_segments, kv_segments):
+    """A splash kernel over a batch: q [B, Lq, H, D], k, v [B, L, K, D], segment ids [B, Lq], [B, L]."""
     from jax.experimental.pallas.ops.tpu.splash_attention.splash_attention_kernel import (
         SegmentIds,
     )
 
-    kernel = _splash_kernel(q.shape[2], q.shape[1], interpret)
     scale = q.shape[-1] ** -0.5
 
-    def one_row(q, k, v, seg):  # the kernel takes [heads, length, head_dim] without a batch axis
+    def one_row(q, k, v, q_seg, kv_seg):  # the kernel takes [heads, length, head_dim] without a batch axis
         out = kernel((q * scale).astype(q.dtype).swapaxes(0, 1), k.swapaxes(0, 1), v.swapaxes(0, 1),
-                     SegmentIds(q=seg, kv=seg))
+                     SegmentIds(q=q_seg, kv=kv_seg))
         return out.swapaxes(0, 1)
 
-    return jax.vmap(one_row)(q, k, v, segment_ids)
+    return jax.vmap(one_row)(q, k, v, q_segments, kv_segments)
 
 
 def pallas_gpu(q, k, v, segment_ids, interpret: bool = False):
     from jax.experimental.pallas.ops.gpu import attention as gpu_attention
 
     length = q.shape[1]
-    big, small = (_block(length, c, "pallas_gpu") for c in (GPU_BLOCKS, GPU_BLOCKS[1:]))
+    big, small = (block_size(length, c, "pallas_gpu") for c in (GPU_BLOCKS, GPU_BLOCKS[1:]))
     sizes = gpu_attention.BlockSizes(block_q=big, block_k=small, block_q_dkv=small, block_kv_dkv=small,
                                      block_q_dq=small, block_kv_dq=small)
     group = q.shape[2] // k.shape[2]

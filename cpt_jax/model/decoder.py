@@ -15,6 +15,7 @@ from flax import nnx
 from cpt_jax.model.config import ModelConfig
 from cpt_jax.model.layers import Block, RMSNorm, dtype_of, make_param
 from cpt_jax.model.lm_head import auto_chunk, head_logits, token_scores
+from cpt_jax.sharding.context import context_size, reorder, restore
 from cpt_jax.sharding.rules import Sharder
 
 REMAT_POLICIES = {
@@ -62,14 +63,16 @@ class Decoder(nnx.Module):
             self.lm_head = make_param(rngs, init, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), pdt)
 
     def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
-                 segment_ids: jax.Array | None = None) -> jax.Array:
+                 segment_ids: jax.Array | None = None, balanced: bool = False) -> jax.Array:
         """tokens, positions, segment_ids: [batch, length] int32. Returns the full fp32 logits, for
         what truly needs them (sampling); losses and scores use `hidden` and `scores` instead."""
-        return self.logits(self.hidden(tokens, positions, segment_ids))
+        return self.logits(self.hidden(tokens, positions, segment_ids, balanced))
 
     def hidden(self, tokens: jax.Array, positions: jax.Array | None = None,
-               segment_ids: jax.Array | None = None) -> jax.Array:
+               segment_ids: jax.Array | None = None, balanced: bool = False) -> jax.Array:
         """The final-normed hidden states [batch, length, hidden] (compute dtype), before the LM head.
+        With a `context` mesh axis the rows run in its load-balanced order: natural order in and
+        out, unless `balanced` (the loss path: inputs reordered already, the output left so).
 
         segment_ids tell packed documents apart (attention never crosses them); padding is
         its own segment (0) and is excluded by the loss mask, not here.
@@ -79,10 +82,12 @@ class Decoder(nnx.Module):
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
         if segment_ids is None:
             segment_ids = jnp.ones_like(tokens)
+        shards = 1 if balanced else context_size(self.sharder.mesh)
+        tokens, positions, segment_ids = (reorder(a, shards) for a in (tokens, positions, segment_ids))
         x = jnp.take(self.embed[...], tokens, axis=0).astype(dtype_of(cfg.dtype))
         x = self.sharder.constrain(x, ("batch", "length", "act_embed"))
         x = self._scanned(x, positions, segment_ids) if cfg.scan_layers else self._unrolled(x, positions, segment_ids)
-        return self.final_norm(x)
+        return restore(self.final_norm(x), shards)
 
     def head_weight(self) -> jax.Array:
         """The LM head [hidden, vocab] in the parameter dtype (the embedding's transpose when tied);

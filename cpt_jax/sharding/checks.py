@@ -63,19 +63,20 @@ def batch_misfits(batches: dict[str, int], shape: dict[str, int]) -> list[Misfit
             if rows % parts]
 
 
-def meshes(num_devices: int) -> Iterable[dict[str, int]]:
-    """Every (data, fsdp, tensor) split of `num_devices`."""
+def meshes(num_devices: int, context: int = 1) -> Iterable[dict[str, int]]:
+    """Every (data, fsdp, tensor) split of `num_devices`, beside a fixed context axis (the row
+    split a phase asks for, not a layout to search)."""
     for data, tensor in itertools.product(range(1, num_devices + 1), repeat=2):
-        if num_devices % (data * tensor) == 0:
-            yield {"data": data, "fsdp": num_devices // (data * tensor), "tensor": tensor}
+        if num_devices % (data * tensor * context) == 0:
+            yield {"data": data, "fsdp": num_devices // (data * tensor * context), "context": context, "tensor": tensor}
 
 
 def suggest_mesh(num_devices: int, fits: Callable[[dict[str, int]], bool], current: dict[str, int]) -> dict | None:
     """The fitting split of the same devices closest to `current` (most fsdp, then least tensor)."""
-    options = [m for m in meshes(num_devices) if fits(m)]
+    options = [m for m in meshes(num_devices, current.get("context", 1)) if fits(m)]
     if not options:
         return None
-    return min(options, key=lambda m: (sum(m[a] != current[a] for a in AXES), -m["fsdp"], m["tensor"]))
+    return min(options, key=lambda m: (sum(m[a] != current.get(a, 1) for a in AXES), -m["fsdp"], m["tensor"]))
 
 
 def describe(m: Misfit, shape: dict[str, int]) -> str:

@@ -1,9 +1,10 @@
-"""Device mesh from config: named axes (data, fsdp, tensor), checked before anything compiles.
+"""Device mesh from config: named axes (data, fsdp, context, tensor), checked before anything compiles.
 
 Across TPU slices or GPU nodes (DCN: the slower network between them) the data and fsdp axes
 are split in two: an outer part over slices (`dcn_data`, `dcn_fsdp`) and an inner part inside
 each slice (`data`, `fsdp`, over ICI / NVLink). The mesh keeps the same three axis names, each
 of size outer x inner, so shardings, rules and checkpoints do not change with the slice count.
+The context axis (sequence parallelism for long rows) stays inside a slice, like tensor.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from jax.sharding import AbstractMesh, AxisType, Mesh
 
 from cpt_jax.config.base import ConfigError, require
 
-AXES = ("data", "fsdp", "tensor")
+AXES = ("data", "fsdp", "context", "tensor")
 CPU_HINT = " (on CPU, `--cpu-devices N` simulates N devices)"
 AUTO = (AxisType.Auto,) * len(AXES)
 
@@ -32,18 +33,22 @@ class MeshConfig:
 
     data: pure data parallelism (replicated parameters). fsdp: data parallelism with parameters
     and optimizer state sharded (ZeRO-3). tensor: Megatron-style tensor parallelism over heads,
-    MLP width and vocabulary; it stays inside a slice or node (fast links). dcn_data x dcn_fsdp
-    is the number of slices (TPU) or nodes (GPU): the data / fsdp axes' outer parts, across them.
+    MLP width and vocabulary; it stays inside a slice or node (fast links). context: context
+    parallelism, each row's sequence split over devices (attention gathers keys and values; see
+    model/context_attention.py), for long-context phases; it also shards parameters like fsdp.
+    dcn_data x dcn_fsdp is the number of slices (TPU) or nodes (GPU): the data / fsdp axes'
+    outer parts, across them.
     """
 
     data: int = 1  # pure data parallelism inside a slice
     fsdp: int = -1  # data parallelism with sharded params and optimizer state, inside a slice
     tensor: int = 1  # tensor parallelism over heads / MLP / vocab
+    context: int = 1  # context parallelism: each row's sequence split over this many devices
     dcn_data: int = 1  # slices (or nodes) replicating the model: pure data parallelism over DCN
     dcn_fsdp: int = 1  # slices (or nodes) sharing one copy of params/optimizer state over DCN
 
     def validate(self, path: str) -> None:
-        sizes = [self.data, self.fsdp, self.tensor]
+        sizes = [self.data, self.fsdp, self.context, self.tensor]
         require(sum(s == -1 for s in sizes) <= 1, path, "fsdp", "at most one mesh axis may be -1")
         for name, size in zip(AXES, sizes):
             require(size == -1 or size >= 1, path, name, f"must be >= 1 or -1, got {size}")
@@ -55,10 +60,10 @@ class MeshConfig:
         return self.dcn_data * self.dcn_fsdp
 
     @property
-    def dcn_shape(self) -> tuple[int, int, int]:
-        return (self.dcn_data, self.dcn_fsdp, 1)
+    def dcn_shape(self) -> tuple[int, int, int, int]:
+        return (self.dcn_data, self.dcn_fsdp, 1, 1)
 
-    def ici_shape(self, num_devices: int) -> tuple[int, int, int]:
+    def ici_shape(self, num_devices: int) -> tuple[int, int, int, int]:
         """Axis sizes inside one slice, -1 resolved, for `num_devices` devices in all."""
         slices = self.num_slices
         if num_devices % slices:
@@ -66,7 +71,7 @@ class MeshConfig:
                               f"dcn_fsdp={self.dcn_fsdp} = {slices} equal slices; change the dcn sizes")
         per_slice = num_devices // slices
         where = f" per slice ({num_devices} devices / {slices} slices)" if slices > 1 else ""
-        sizes = [self.data, self.fsdp, self.tensor]
+        sizes = [self.data, self.fsdp, self.context, self.tensor]
         known = math.prod(s for s in sizes if s != -1)
         if -1 in sizes:
             if per_slice % known:
@@ -74,13 +79,14 @@ class MeshConfig:
                                   f"{per_slice} available devices{where}; change mesh sizes")
             sizes[sizes.index(-1)] = per_slice // known
         if math.prod(sizes) != per_slice:
-            raise ConfigError("mesh", f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} = "
+            raise ConfigError("mesh", f"mesh data={sizes[0]} x fsdp={sizes[1]} x context={sizes[2]} x "
+                              f"tensor={sizes[3]} = "
                               f"{math.prod(sizes)} devices, but {per_slice} are available{where}; make the "
                               f"product equal the device count (or set one axis to -1){CPU_HINT}")
         return tuple(sizes)
 
-    def resolve(self, num_devices: int) -> tuple[int, int, int]:
-        """Whole-mesh axis sizes: (dcn_data x data, dcn_fsdp x fsdp, tensor)."""
+    def resolve(self, num_devices: int) -> tuple[int, int, int, int]:
+        """Whole-mesh axis sizes: (dcn_data x data, dcn_fsdp x fsdp, context, tensor)."""
         return tuple(o * i for o, i in zip(self.dcn_shape, self.ici_shape(num_devices)))
 
 

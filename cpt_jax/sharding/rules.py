@@ -14,12 +14,14 @@ import jax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-# (logical name, mesh axes). Parameters: 'embed' is sharded over fsdp (ZeRO-3), the
-# head / MLP / vocab dimensions over tensor. Activations: 'batch' over every data axis.
+# (logical name, mesh axes). Parameters: 'embed' is sharded over fsdp (ZeRO-3) and context
+# (its devices hold different tokens of the same rows, so they share parameters as fsdp does),
+# the head / MLP / vocab dimensions over tensor. Activations: 'batch' over every data axis,
+# 'length' over context (in the load-balanced order of sharding/context.py).
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("batch", ("data", "fsdp")),
-    ("length", None),
-    ("embed", "fsdp"),
+    ("length", "context"),
+    ("embed", ("fsdp", "context")),
     ("vocab", "tensor"),
     ("mlp", "tensor"),
     ("heads", "tensor"),

@@ -56,6 +56,7 @@ class PhaseConfig:
     rope_scaling: Optional[RopeScalingConfig] = None  # RoPE scaling from this phase on
     max_position_embeddings: Optional[int] = None  # the model's context length from this phase on
     freeze: Optional[list[str]] = None  # optimizer.freeze from this phase on ([] trains everything again)
+    mesh: Optional[MeshConfig] = None  # the device mesh from this phase on (e.g. context: 2 for long rows)
 
     def validate(self, path: str) -> None:
         require((self.steps is None) != (self.tokens is None), path, "steps",
@@ -178,19 +179,21 @@ class RunConfig:
         return self.phase_run(0).data.global_batch_size * self.phase_run(0).data.seq_len
 
     def phase_run(self, i: int) -> RunConfig:
-        """The run as phase i sees it: its data and model sections with the per-phase overrides
-        of phases 0..i applied (each key: the latest phase that sets it)."""
-        data, model, optimizer = {}, {}, {}
+        """The run as phase i sees it: its data, model and mesh sections (and optimizer.freeze) with
+        the per-phase overrides of phases 0..i applied (each key: the latest phase that sets it; a
+        phase's mesh replaces the whole mesh section)."""
+        data, model, optimizer, mesh = {}, {}, {}, self.mesh
         for phase in self.phases[: i + 1]:
             data.update({k: getattr(phase, k) for k in PHASE_DATA_KEYS if getattr(phase, k) is not None})
             model.update({k: getattr(phase, k) for k in PHASE_MODEL_KEYS if getattr(phase, k) is not None})
             if phase.freeze is not None:
                 optimizer["freeze"] = phase.freeze
-        if not data and not model and not optimizer:
+            mesh = phase.mesh or mesh
+        if not data and not model and not optimizer and mesh is self.mesh:
             return self
         return dataclasses.replace(self, data=dataclasses.replace(self.data, **data),
                                    model=dataclasses.replace(self.model, **model),
-                                   optimizer=dataclasses.replace(self.optimizer, **optimizer))
+                                   optimizer=dataclasses.replace(self.optimizer, **optimizer), mesh=mesh)
 
     def phase_tokens_per_step(self) -> list[int]:
         return [r.data.global_batch_size * r.data.seq_len for r in map(self.phase_run, range(len(self.phases)))]
@@ -279,6 +282,8 @@ def plan_dict(cfg: RunConfig) -> dict:
     plain = to_dict(cfg)
     for key in ("scan_layers", "scan_unroll", "logits_chunk"):
         plain["model"].pop(key, None)
+    for phase in plain["phases"]:  # a phase's mesh, like the run's, may change on resumption
+        phase.pop("mesh", None)
     return plain
 
 

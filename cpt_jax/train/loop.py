@@ -114,12 +114,12 @@ class Trainer:
         self._stepped: set[int] = set()  # setups whose train step has compiled (ran once)
 
     def _setup_for(self, phase: int) -> RunSetup:
-        """The setup of `phase` (its row length, batch and RoPE settings); phases that share them
-        share one setup (and its compiled steps)."""
+        """The setup of `phase` (its row length, batch, RoPE settings and mesh); phases that share
+        them share one setup (and its compiled steps), phases on the same mesh one mesh."""
         run = self.cfg.phase_run(phase)
-        key = repr((run.model, run.data, run.optimizer.freeze))
+        key = repr((run.model, run.data, run.optimizer.freeze, run.mesh))
         if key not in self._setups:
-            mesh = next(iter(self._setups.values())).mesh if self._setups else None
+            mesh = next((s.mesh for s in self._setups.values() if s.cfg.mesh == run.mesh), None)
             self._setups[key] = build_setup(self.cfg, mesh, phase)
         return self._setups[key]
 
@@ -183,8 +183,11 @@ class Trainer:
                         loop.phase, loop.phase_step = loop.phase + 1, 0
                         continue
                     self._use_phase(loop.phase)
+                    if loop.train is not None:  # a phase with its own mesh: the state moves onto it
+                        loop.train = _onto(loop.train, self.setup.shardings)
                     if loop.phase_step == 0:
                         self._enter_phase(loop)
+                        loop.train = _onto(loop.train, self.setup.shardings)
                     if self._run_phase(loop, stop):
                         return self.summary
             with self.clock.measure("checkpoint"):
@@ -453,6 +456,19 @@ def run_plan(plan: str | os.PathLike, overrides: list[str] | None = None, *, for
              progress: bool = True) -> dict:
     """`cpt-jax train`: load the plan and train or resume it."""
     return train(load_run_config(plan, overrides), force_new=force_new, progress=progress)
+
+
+def _onto(state: TrainState, shardings: TrainState) -> TrainState:
+    """The state on another mesh's shardings (arrays already there stay; moved ones free their
+    old buffers, so a phase switch does not hold two copies of the state). An optimizer state
+    of another freeze view stays until the phase entry has carried it into this phase's view."""
+    def move(tree, target):
+        return jax.tree.map(lambda x, s: x if x.sharding == s else jax.device_put(x, s, donate=True), tree, target)
+
+    if jax.tree.structure(state.opt_state) == jax.tree.structure(shardings.opt_state):
+        return move(state, shardings)
+    return state.replace(step=move(state.step, shardings.step), params=move(state.params, shardings.params),
+                         ema=move(state.ema, shardings.ema))
 
 
 def _normalised(mixture: dict) -> dict:

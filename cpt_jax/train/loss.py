@@ -11,7 +11,11 @@ import optax
 
 def targets_and_mask(batch: dict) -> tuple[jax.Array, jax.Array]:
     """Target t is token t+1 of the same document; padding (segment 0), the row's last position
-    and document ends (the next token belongs to another document) carry no loss."""
+    and document ends (the next token belongs to another document) carry no loss. A batch that
+    carries them already ('targets', 'loss_mask': made before its tokens were reordered for
+    context parallelism) keeps them."""
+    if "targets" in batch:
+        return batch["targets"], batch["loss_mask"]
     tokens, seg = batch["tokens"], batch["segment_ids"]
     targets = jnp.concatenate([tokens[:, 1:], jnp.zeros_like(tokens[:, :1])], axis=1)
     next_seg = jnp.concatenate([seg[:, 1:], jnp.zeros_like(seg[:, :1])], axis=1)
@@ -27,11 +31,14 @@ def loss_sums(logits: jax.Array, batch: dict, z_loss: float = 0.0, num_sources: 
     return _sums(nll, jax.nn.logsumexp(logits, axis=-1), batch, z_loss, num_sources)
 
 
-def model_loss_sums(model, batch: dict, z_loss: float = 0.0, num_sources: int = 0) -> dict[str, jax.Array]:
+def model_loss_sums(model, batch: dict, z_loss: float = 0.0, num_sources: int = 0,
+                    balanced: bool = False) -> dict[str, jax.Array]:
     """The loss sums of a Decoder on `batch`, its LM head applied chunk by chunk (Decoder.scores):
-    equal to loss_sums(model(...), ...) without ever holding the [B, L, V] logits."""
+    equal to loss_sums(model(...), ...) without ever holding the [B, L, V] logits. balanced: the
+    batch is in context parallelism's load-balanced order already, with its targets and mask."""
     targets, _ = targets_and_mask(batch)
-    scores = model.scores(model.hidden(batch["tokens"], batch["positions"], batch["segment_ids"]), targets)
+    hidden = model.hidden(batch["tokens"], batch["positions"], batch["segment_ids"], balanced=balanced)
+    scores = model.scores(hidden, targets)
     return _sums(scores["log_z"] - scores["target"], scores["log_z"], batch, z_loss, num_sources)
 
 

@@ -16,6 +16,7 @@ from cpt_jax.sharding.checks import (
     param_misfits,
     suggest_mesh,
 )
+from cpt_jax.sharding.context import check_length, context_size
 from cpt_jax.sharding.rules import DEFAULT_RULES, param_axes
 from cpt_jax.train.config import RunConfig
 
@@ -60,6 +61,7 @@ def run_misfits(cfg: RunConfig, rules=DEFAULT_RULES):
 
 def check_run_fits_mesh(cfg: RunConfig, mesh: Mesh, rules=DEFAULT_RULES) -> None:
     """Raise ConfigError naming the first size the mesh does not divide, and a mesh that fits."""
+    check_length(cfg.data.seq_len, context_size(mesh))
     check_fits(mesh.size, dict(mesh.shape), run_misfits(cfg, rules), (cfg.mesh.dcn_data, cfg.mesh.dcn_fsdp))
 
 

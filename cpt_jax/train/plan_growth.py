@@ -26,7 +26,7 @@ BUDGET = ("steps", "tokens")
 
 def phase_fingerprints(cfg: RunConfig) -> list[str]:
     """One fingerprint per phase (recorded in config.yaml): an unchanged phase has the same one."""
-    return [fingerprint(p) for p in cfg.phases]
+    return [fingerprint(p, ignore=("mesh",)) for p in cfg.phases]  # a mesh is not what a phase trains
 
 
 def trained_progress(run_dir: str | Path) -> tuple[int, int] | None:

@@ -11,15 +11,21 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from cpt_jax.train.optimizer import OptimizerConfig
+from cpt_jax.sharding.context import context_size, reorder_rows
 from cpt_jax.sharding.placement import BATCH_AXES, batch_sharding, replicated
 from cpt_jax.sharding.rules import logical_to_spec
 from cpt_jax.train.freeze import Freeze
-from cpt_jax.train.loss import model_loss_sums
+from cpt_jax.train.loss import model_loss_sums, targets_and_mask
 from cpt_jax.train.state import TrainState, ema_update
 
 
 def _forward_sums(graphdef, params, batch, z_loss, num_sources=0):
-    return model_loss_sums(nnx.merge(graphdef, params), batch, z_loss, num_sources)
+    model = nnx.merge(graphdef, params)
+    shards = context_size(model.sharder.mesh)
+    if shards > 1:  # context parallelism: shift targets in natural order, then reorder every per-token array
+        targets, mask = targets_and_mask(batch)
+        batch = reorder_rows({**batch, "targets": targets, "loss_mask": mask}, shards)
+    return model_loss_sums(model, batch, z_loss, num_sources, balanced=True)
 
 
 def _zero_sums(num_sources: int) -> dict[str, jax.Array]:
