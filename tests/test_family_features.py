@@ -47,6 +47,7 @@ def test_a_plan_gets_the_features_from_its_family(tmp_path, family):
     assert {"qkv_bias": cfg.model.qkv_bias, "qk_norm": cfg.model.qk_norm} == FAMILY_FEATURES[family]
 
 
+@pytest.mark.slow
 def test_the_family_gives_its_features_and_exports_as_that_architecture(tmp_path, capsys, family="qwen2"):
     """`family: qwen2` alone trains a Qwen2 (with biases) that transformers loads with no missing
     or unexpected weight (the qwen3 norms take the same path: test_hf_parity exports them)."""
