@@ -4,7 +4,6 @@ steps, compile, data, checkpoints, evals, start-up and steps lost to a restart."
 from __future__ import annotations
 
 import copy
-import shutil
 
 import pytest
 
