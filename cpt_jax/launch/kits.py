@@ -147,7 +147,7 @@ def tpu_vm_script(cluster: Cluster, plan: str, overrides: list[str], *, name: st
         f"# cpt-jax launch: {t.name}, {cluster.slices} slice(s) of {cluster.hosts} host(s) x {cluster.chips} chips",
         "# Create the slice(s) first, e.g.:",
         f"#   gcloud compute tpus queued-resources create {name} --zone={zone} --accelerator-type={accel} \\",
-        f"#     --runtime-version=<tpu-vm image> "
+        "#     --runtime-version=<tpu-vm image> "
         + (f"--node-id={name}" if cluster.slices == 1 else f"--node-count={cluster.slices} --node-prefix={name}"),
         "# then run this script from a machine with gcloud. Every worker runs the same command; rerunning",
         "# it resumes the run from its last checkpoint.",
