@@ -38,11 +38,12 @@ from cpt_jax.model.params import (
     stack_layers,
     to_layout,
 )
-from cpt_jax.storage import absolute, is_remote, move, storage_error
+from cpt_jax.storage import absolute, is_remote, move, remove_tree, storage_error
 
 log = logging.getLogger(__name__)
 
 FORMAT = "cpt_jax.run/1"
+COMMIT_MARKER = "commit_success.txt"  # orbax's marker of a whole step on gs://
 
 
 @dataclass(frozen=True)
@@ -77,11 +78,16 @@ class RunCheckpointer:
                                "hands only local and gs:// paths to tensorstore); use gs:// or a shared filesystem "
                                "for run_dir (prepared data and HF folders may be on s3://)")
         self.directory = absolute(run_dir) / "checkpoints"
+        remote = is_remote(self.directory)
+        if remote and not read_only and jax.process_index() == 0:
+            _drop_uncommitted(self.directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=cfg.keep_last,
             keep_period=cfg.keep_every or None,
             enable_async_checkpointing=cfg.async_save,
-            cleanup_tmp_directories=not read_only,  # half-written saves of a killed run are discarded
+            # half-written saves of a killed run are discarded (in a bucket by _drop_uncommitted: orbax's
+            # own cleanup there races its event loop's shutdown)
+            cleanup_tmp_directories=not read_only and not remote,
             create=not read_only,
             read_only=read_only,
         )
@@ -126,7 +132,8 @@ class RunCheckpointer:
         if self._pending is None or self.manager.is_saving_in_progress():
             return
         step, self._pending = self._pending, None
-        if not (self.directory / str(step)).is_dir():
+        whole = self.directory / str(step) / (COMMIT_MARKER if is_remote(self.directory) else "")
+        if not whole.exists():
             raise self._save_failed(step, self._errors.first())
         self._errors.clear()
 
@@ -359,3 +366,17 @@ def _write_probe(directory: Path) -> OSError | None:
         except OSError:
             pass
     return None
+
+
+def _drop_uncommitted(directory) -> None:
+    """In a bucket orbax writes a step in place and its commit marker last: a step directory
+    without the marker is a save cut short (killed, endpoint gone). Delete it, so the run resumes
+    from the last whole step and can save this one again."""
+    if not directory.is_dir():
+        return
+    for step_dir in directory.iterdir():
+        if step_dir.name.isdigit() and not (step_dir / COMMIT_MARKER).exists():
+            msg = f"checkpoint step {step_dir.name} in {directory} was not committed (a save cut short); deleting it"
+            warnings.warn(msg, stacklevel=3)
+            log.warning(msg)
+            remove_tree(step_dir)

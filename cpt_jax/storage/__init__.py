@@ -13,9 +13,10 @@ from cpt_jax.storage.paths import (
     copy,
     is_remote,
     move,
+    remove_tree,
     storage_error,
     upload_tree,
 )
 
 __all__ = ["GCS_ENDPOINT_ENV", "S3_ENDPOINT_ENV", "AnyPath", "AppendLog", "absolute", "as_path", "check_writable",
-           "copy", "is_remote", "local_copy", "move", "prefetch", "storage_error", "upload_tree"]
+           "copy", "is_remote", "local_copy", "move", "prefetch", "remove_tree", "storage_error", "upload_tree"]

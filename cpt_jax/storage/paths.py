@@ -178,3 +178,14 @@ def upload_tree(local: pathlib.Path, url: str | os.PathLike) -> None:
         fs.put(str(local).rstrip("/") + "/", root, recursive=True)
     except Exception as e:
         raise storage_error(url, e, "writing to") from e
+
+
+def remove_tree(path: str | os.PathLike) -> None:
+    """Delete a file or a directory tree, local or in a bucket."""
+    if not is_remote(path):
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(str(as_path(path)))
+    fs.rm(root, recursive=True)
