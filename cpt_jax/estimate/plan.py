@@ -182,6 +182,8 @@ def fit(cfg: RunConfig, phase: int, entry: dict, n: int, kind: DeviceKind, mfu: 
     peak = None if oom else (compiled or a)["peak"]
     if info and info.kind == "tpu" and compiled:
         fits, verdict = not oom, "the TPU compiler's verdict"
+    elif oom:  # a GPU compiler refusing too (e.g. a kernel's shared memory): its words say why
+        fits, verdict = False, "the compiler's RESOURCE_EXHAUSTED"
     else:
         fits, verdict = peak <= usable, f"peak against {usable_memory_basis(kind)}"
     flops = a["model_flops"] / n
