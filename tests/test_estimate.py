@@ -104,6 +104,7 @@ def test_cli_reports_fit_and_what_to_change(tmp_path, capsys):
                  "--analytic-only"]) == 0
     text = capsys.readouterr().out
     assert "DOES NOT FIT" in text and "analytic only" in text
+    assert "60.00 GB usable" in text and "75% of 80 GB: JAX's default preallocation" in text  # not 90%
     assert "biggest item: activations" in text and "optimizer.grad_accum=32" in text
 
     assert main(["estimate", str(ROOT / "configs" / "tiny.yaml"), "--devices", "8", "--device", "b200",
@@ -295,3 +296,27 @@ def test_breakdown_reads_the_peak_and_attributes_each_buffer():
     assert classify("jit(step_fn)/mul", "f32", (16, 8), params, vocab) == "optimizer"  # the update
     assert classify("jit(step_fn)/jvp()/dot_general", "f32", (2, 3, 256), params, vocab) == "logits"
     assert classify("jit(step_fn)/transpose(jvp())/exp", "f32", (2, 3, 64), params, vocab) == "activations"
+
+
+# The compiled peaks recorded by `cpt-jax estimate --target` (BUILD.md, "Compiled for real
+# targets"; the targets' own compilers): file -> (plan, overrides).
+RECORDED = {
+    "estimate_target_llama3.1-8b_tpu-v5p-4x8x8.json": ("llama3.1-8b", []),
+    "estimate_target_llama3.1-8b_h100x64.json": ("llama3.1-8b", []),
+    "estimate_target_qwen2.5-7b_h100x64.json": ("qwen2.5-7b", []),
+    "estimate_target_llama3.1-70b_h100x64.json": ("llama3.1-70b", []),
+    "estimate_target_llama3.1-70b_h100x64_grad_accum4.json": ("llama3.1-70b", ["optimizer.grad_accum=4"]),
+}
+
+
+@pytest.mark.parametrize("name", list(RECORDED))
+def test_analytic_peak_within_15_percent_of_the_compiled_peak(name):
+    """The analytic model against the TPU and GPU compilers' peaks at the real shapes."""
+    recorded = json.loads((ROOT / "benchmarks" / "results" / "2026-12-02" / name).read_text())
+    plan, overrides = RECORDED[name]
+    cfg = load_run_config(ROOT / "configs" / "estimate" / f"{plan}.yaml", overrides)
+    target = recorded["target"]
+    r = estimate_plan(cfg, target=target["name"], slices=target["slices"], compile=False)
+    compiled = recorded["compiled"]
+    assert r["analytic"]["params"] == compiled["params"] and r["analytic"]["opt_state"] == compiled["opt_state"]
+    assert r["analytic"]["peak"] == pytest.approx(compiled["peak"], rel=0.15)

@@ -61,7 +61,8 @@ def saved_width(m: ModelConfig, tensor: int) -> float:
 
 
 def temporaries(cfg: RunConfig, mesh, params_bytes: int) -> dict[str, int]:
-    """Modelled per-device temporaries of one step."""
+    """Modelled per-device temporaries of one step, by kind (see `live_temporaries` for how
+    they add up)."""
     m = cfg.model
     tensor, dp = mesh.shape["tensor"], mesh.shape["data"] * mesh.shape["fsdp"]
     rows = math.ceil(cfg.data.global_batch_size / cfg.optimizer.grad_accum / dp)
@@ -73,11 +74,21 @@ def temporaries(cfg: RunConfig, mesh, params_bytes: int) -> dict[str, int]:
     vocab = m.vocab_size / tensor
     out = {
         "activations": int(tokens * width * act),
-        "logits": int(tokens * vocab * (act + 4 + 4)),  # logits, their fp32 copy, the softmax gradient
+        # fp32 logits and their gradient: what the TPU and GPU compilers keep of the [tokens, V]
+        # buffers (the compute-dtype product is fused into its fp32 copy; --breakdown shows them)
+        "logits": int(tokens * vocab * (4 + 4)),
         "gradients": params_bytes * (2 if cfg.optimizer.grad_accum > 1 else 1),  # (+ the accumulator)
         "update": params_bytes,  # the AdamW direction before it is applied
     }
     return out
+
+
+def live_temporaries(t: dict[str, int]) -> int:
+    """The modelled temporaries at the step's peak: the saved activations and the gradients
+    (written from the start of the backward pass) are live together with either the logits
+    (loss and its gradient) or the update (after the backward pass), not both. Calibrated on
+    the compiled peaks of configs/estimate/ (BUILD.md, "Compiled for real targets")."""
+    return t["activations"] + t["gradients"] + max(t["logits"], t["update"])
 
 
 def step_flops(cfg: RunConfig) -> dict[str, float]:

@@ -62,7 +62,8 @@ def parse_program(text: str) -> dict[str, tuple[str, str, str]]:
     for line in text.splitlines():
         if m := _INSTR.match(line):
             op_name = _OP_NAME.search(m.group("rest"))
-            out[m.group("name").lstrip("%")] = (m.group("shape"), m.group("op"), op_name.group(1) if op_name else "")
+            name = op_name.group(1).replace("\\'", "'") if op_name else ""  # HLO text escapes quotes
+            out[m.group("name").lstrip("%")] = (m.group("shape"), m.group("op"), name)
     return out
 
 

@@ -21,7 +21,7 @@ import jax
 
 from cpt_jax.config.base import to_dict
 from cpt_jax.errors import ConfigError, UserError
-from cpt_jax.estimate.analytic import state_bytes, step_flops, temporaries
+from cpt_jax.estimate.analytic import live_temporaries, state_bytes, step_flops, temporaries
 from cpt_jax.estimate.devices import DeviceKind, device_kind, usable_memory, usable_memory_basis
 from cpt_jax.estimate.step import compile_step, without_data
 from cpt_jax.model.attention import resolve
@@ -50,8 +50,9 @@ def analytic(cfg: RunConfig, num_devices: int, phase: int = 0) -> dict[str, Any]
     setup = build_setup(without_data(cfg), mesh, phase=phase)
     state = state_bytes(setup)
     temps = temporaries(run, mesh, state["params"])
-    return {"mesh": dict(mesh.shape), **state, "temporaries": sum(temps.values()), "temporaries_by_kind": temps,
-            "peak": sum(state.values()) + sum(temps.values()), **step_flops(run)}
+    live = live_temporaries(temps)
+    return {"mesh": dict(mesh.shape), **state, "temporaries": live, "temporaries_by_kind": temps,
+            "peak": sum(state.values()) + live, **step_flops(run)}
 
 
 def compiled_cpu(cfg: RunConfig, num_devices: int, phase: int = 0, breakdown: int = 0) -> dict[str, Any]:
@@ -181,6 +182,8 @@ def fit(cfg: RunConfig, phase: int, entry: dict, n: int, kind: DeviceKind, mfu: 
     peak = None if oom else (compiled or a)["peak"]
     if info and info.kind == "tpu" and compiled:
         fits, verdict = not oom, "the TPU compiler's verdict"
+    elif oom:  # a GPU compiler refusing too (e.g. a kernel's shared memory): its words say why
+        fits, verdict = False, "the compiler's RESOURCE_EXHAUSTED"
     else:
         fits, verdict = peak <= usable, f"peak against {usable_memory_basis(kind)}"
     flops = a["model_flops"] / n

@@ -80,7 +80,8 @@ def _table(a: dict, c: dict | None) -> list[str]:
             *[(f"  {k} (modelled)", None, v) for k, v in a["temporaries_by_kind"].items()],
             ("peak", c.get("peak"), a["peak"])]
     return [f"  {'per device':<26}{'compiled':>16}{'analytic':>16}",
-            *[f"  {name:<26}{gb(x):>16}{gb(y):>16}" for name, x, y in rows]]
+            *[f"  {name:<26}{gb(x):>16}{gb(y):>16}" for name, x, y in rows],
+            "  (analytic temporaries: activations + gradients + the larger of logits and update)"]
 
 
 def _flops(r: dict, p: dict, c: dict | None) -> list[str]:
@@ -122,8 +123,8 @@ def _device(d: dict | None) -> list[str]:
 
 def _breakdown(b: dict) -> list[str]:
     kinds = ", ".join(f"{k} {gb(v)}" for k, v in sorted(b["by_kind"].items(), key=lambda kv: -kv[1]))
-    lines = [f"  at the compiled peak ({gb(b['peak_bytes'])} of device memory live, read from the compiler's "
-             f"live ranges): {kinds}", "  largest buffers live at the peak (per device):"]
+    lines = [f"  live at the program's peak (the compiler's live ranges; its buffer allocation above can be "
+             f"larger): {gb(b['peak_bytes'])}: {kinds}", "  largest buffers live at the peak (per device):"]
     for x in b["buffers"]:
         lines.append(f"    {gb(x['bytes']):>10}  {x['kind']:<12} {x['shape']:<24} {x['what']}")
     return lines
