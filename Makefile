@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 XLA_FAKE_DEVICES := --xla_force_host_platform_device_count=8
 
-.PHONY: demo test test-accel bench experiments clean
+.PHONY: demo test test-accel check bench experiments clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ test: $(VENV)/.test
 test-accel: .venv-tpu/.accel .venv-cuda/.accel
 	.venv-tpu/bin/python -m pytest -q tests/accel
 	.venv-cuda/bin/python -m pytest -q tests/accel
+
+# Everything CI runs: the CPU suite, then the compile-only accelerator suite.
+check: test test-accel
 
 bench: $(VENV)/.test
 	$(BIN)/python benchmarks/run_all.py
