@@ -136,9 +136,14 @@ def test_the_slurm_kit_trains_with_two_processes(tmp_path):
     run_dir = tmp_path / "run"
     plan = write_plan(tmp_path, run_dir)
     script = tmp_path / "job.sbatch"
-    assert main(["launch", str(plan), "--target", "h100x16", "--format", "slurm", "--out", str(script)]) == 0
-    text = script.read_text()
+    big = tmp_path / "big.sbatch"
+    assert main(["launch", str(plan), "--target", "h100x16", "--format", "slurm", "--out", str(big)]) == 0
+    text = big.read_text()
     assert "#SBATCH --nodes=2" in text and "#SBATCH --gpus-per-node=8" in text and "--signal=TERM@" in text
+    assert "#SBATCH --ntasks-per-node=8" in text and "srun --kill-on-bad-exit=1 --ntasks=16 " in text
+    # Run one node of two GPUs here: two tasks, as srun would start them.
+    assert main(["launch", str(plan), "--target", "h100x2", "--format", "slurm", "--out", str(script)]) == 0
+    assert "--ntasks=2 " in script.read_text()
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "srun").write_text(FAKE_SRUN)

@@ -7,9 +7,10 @@ BUILD.md by hand.
   MEGASCALE_* variables that JAX reads to join several slices over DCN.
 - `tpu-vm`: a bash script that runs the same command on every worker of a Cloud TPU VM slice
   (`gcloud compute tpus tpu-vm ssh --worker=all`), or of each slice of a multislice queued resource.
-- `slurm`: an sbatch script for GPU nodes: one process per node (driving its 8 GPUs) started by
-  `srun`; SIGTERM reaches the processes a grace period before the time limit and the job requeues,
-  and the same command resumes from the last checkpoint.
+- `slurm`: an sbatch script for GPU nodes: one process per GPU started by `srun`, as JAX's SLURM
+  detection expects (each task drives the GPU numbered by its SLURM_LOCALID); SIGTERM reaches the
+  processes a grace period before the time limit and the job requeues, and the same command
+  resumes from the last checkpoint.
 
 Every host runs `cpt-jax train PLAN distributed.mode=auto`: JAX finds the cluster itself (TPU
 VM metadata, the GKE/XPK variables, SLURM's variables), see cpt_jax/distributed.py.
@@ -46,7 +47,8 @@ class Cluster:
 
     @property
     def processes(self) -> int:
-        return self.slices * self.hosts
+        """TPU: one process per host; GPU: one per GPU (JAX's SLURM detection binds a task to one)."""
+        return self.slices * self.hosts * (self.chips if self.target.kind == "gpu" else 1)
 
 
 def cluster_of(target: TargetInfo) -> Cluster:
@@ -171,16 +173,18 @@ def slurm_script(cluster: Cluster, plan: str, overrides: list[str], *, name: str
         "#!/usr/bin/env bash",
         f"#SBATCH --job-name={name}",
         f"#SBATCH --nodes={cluster.hosts}",
-        "#SBATCH --ntasks-per-node=1",
+        f"#SBATCH --ntasks-per-node={cluster.chips}",  # one task per GPU
         f"#SBATCH --gpus-per-node={cluster.chips}",
         "#SBATCH --exclusive",
         f"#SBATCH --time={time_limit}",
         f"#SBATCH --signal=TERM@{grace_s}",  # SIGTERM this long before the limit: the run saves and stops
         "#SBATCH --requeue",  # a requeued job runs the same command, which resumes the run
-        f"# cpt-jax launch: {t.name}, {cluster.hosts} node(s) x {cluster.chips} GPUs; sbatch THIS_FILE",
+        f"# cpt-jax launch: {t.name}, {cluster.hosts} node(s) x {cluster.chips} GPUs, one process per GPU; "
+        "sbatch THIS_FILE",
         "set -euo pipefail",
         "export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.75}",
-        f"srun --kill-on-bad-exit=1 --ntasks={cluster.processes} --ntasks-per-node=1 {train_command(plan, overrides)}",
+        f"srun --kill-on-bad-exit=1 --ntasks={cluster.processes} --ntasks-per-node={cluster.chips} "
+        f"{train_command(plan, overrides)}",
         "",
     ])
 
