@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 XLA_FAKE_DEVICES := --xla_force_host_platform_device_count=8
 
-.PHONY: demo test test-accel check bench experiments clean
+.PHONY: demo test test-slow test-accel check bench experiments clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,13 @@ $(VENV)/.test: $(VENV)/.runtime
 demo: $(VENV)/.runtime
 	$(BIN)/cpt-jax demo
 
+# The CPU suite in two parts: `test` (the fast tests, under 20 minutes on 2 cores) and
+# `test-slow` (end-to-end runs marked slow: real model, buckets, several processes).
 test: $(VENV)/.test
-	XLA_FLAGS=$(XLA_FAKE_DEVICES) $(BIN)/python -m pytest -q tests
+	XLA_FLAGS=$(XLA_FAKE_DEVICES) $(BIN)/python -m pytest -q -m "not slow" tests
+
+test-slow: $(VENV)/.test
+	XLA_FLAGS=$(XLA_FAKE_DEVICES) $(BIN)/python -m pytest -q -m slow tests
 
 # Compile-only: the train step for TPU v5e/v5p/v6e slices and 8 H100s (tests/accel), one
 # compiler per process.
@@ -41,8 +46,8 @@ test-accel: .venv-tpu/.accel .venv-cuda/.accel
 	.venv-tpu/bin/python -m pytest -q tests/accel
 	.venv-cuda/bin/python -m pytest -q tests/accel
 
-# Everything CI runs: the CPU suite, then the compile-only accelerator suite.
-check: test test-accel
+# Everything CI runs: the CPU suite (fast, then slow), then the compile-only accelerator suite.
+check: test test-slow test-accel
 
 bench: $(VENV)/.test
 	$(BIN)/python benchmarks/run_all.py

@@ -17,6 +17,8 @@ from cpt_jax.train.config import RunConfig
 from cpt_jax.train.loop import Trainer
 from cpt_jax.train.metrics import read_jsonl
 
+pytestmark = pytest.mark.slow  # trunk and branch runs: `make test-slow` (and CI) runs it
+
 MIXTURE = {"a": 0.3, "b": 0.7}  # 2.4 and 5.6 rows per batch: the row schedule must continue too
 STABLE = {"shape": "constant", "peak_lr": 3e-3, "warmup_steps": 2}
 COOLDOWN = {"shape": "linear", "peak_lr": 3e-3, "min_lr": 3e-4}

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the whole demo story at --size test: `make test-slow` (and CI) runs it
+
 REPO = Path(__file__).resolve().parent.parent
 
 

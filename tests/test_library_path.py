@@ -79,7 +79,7 @@ def test_same_run_from_the_cli_and_the_library(tmp_path):
             loop.run_plan(plan, overrides, progress=False)
         lines = [json.loads(x) for x in (tmp_path / how / "run" / "metrics.jsonl").read_text().splitlines()]
         rows[how] = [{k: v for k, v in r.items() if k not in ("time", "tokens_per_s", "mfu", "wall_s")}
-                     for r in lines]
+                     for r in lines if r["kind"] != "time"]  # wall-clock rows (goodput) differ by nature
     assert rows["cli"] == rows["library"]
     evals = [r for r in rows["library"] if r.get("kind") == "eval"]
     assert any(r.get("weights") == "ema" for r in evals)  # ema_decay acted

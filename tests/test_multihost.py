@@ -29,6 +29,8 @@ from cpt_jax.distributed import DistributedConfig
 from cpt_jax.distributed import ENV_VARS, resolve
 from cpt_jax.train.metrics import read_jsonl
 
+pytestmark = pytest.mark.slow  # several real processes per test: `make test-slow` (and CI) runs it
+
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 8
 DEVICES = 4  # total fake devices of every training run below
@@ -239,7 +241,7 @@ def test_signal_to_one_process_stops_all_at_the_same_step(config, reference, tmp
     assert len(stops) == 1 and all("stopped at step" in out for _, out in results), job.tails()
     stopped = int(stops.pop())
     assert 1 <= stopped < STEPS, "the signal came too late to test anything"
-    assert all("preemption notice (SIGTERM) agreed by all processes" in out for _, out in results)
+    assert "preemption notice (SIGTERM) agreed by all processes" in results[0][1]  # process 0 prints
     assert checkpoint_steps(run_dir)[-1] == stopped
     logs = train_cluster(config, run_dir, 1, logdir=tmp_path / "resume-logs")
     assert f"at step {stopped}" in logs[0]

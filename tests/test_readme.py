@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from text_fixtures import documents, vocabulary, word_level_tokenizer, write_jsonl
 from hf_fixtures import make_tiny_hf_model
+
+pytestmark = pytest.mark.slow  # README's real-use block end to end: `make test-slow` (and CI) runs it
 
 REPO = Path(__file__).resolve().parent.parent
 

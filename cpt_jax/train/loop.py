@@ -208,8 +208,11 @@ class Trainer:
             check_fresh_start(self.cfg.run_dir)
             return LoopState()
         # The optimizer state has the shape of the saved phase's trainable view (its freeze).
-        saved_phase = self.ckpt.read_meta(self.ckpt.latest_step())["phase"]
-        self.setup = self._setup_for(min(saved_phase, len(self.cfg.phases) - 1))
+        try:
+            saved_phase = self.ckpt.read_meta(self.ckpt.latest_step())["phase"]
+            self.setup = self._setup_for(min(saved_phase, len(self.cfg.phases) - 1))
+        except Exception:  # noqa: BLE001 - a damaged step: restore_latest_good reports it and moves it aside
+            pass
         restored = self.ckpt.restore_latest_good(self.setup.abstract_params, self.setup.abstract_opt)
         if restored is None:  # every step was damaged (now in corrupt-checkpoints/)
             check_fresh_start(self.cfg.run_dir)

@@ -45,11 +45,21 @@ def resolve_upstream_model(plan: dict) -> dict:
         raise ConfigError("model", f"required key is missing, and phases[0].init hf:{hf_dir} has no config.json "
                                    "to take the model from; fix the path or give the model section")
     upstream = hf_config_to_model_config(read_hf_config(hf_dir))
-    merged = from_dict(ModelConfig, {**to_dict(upstream), **(given or {})}, "model")
+
+    def contradiction(key: str, mine: Any, theirs: Any) -> ConfigError:
+        return ConfigError(f"model.{key}", f"{mine!r} contradicts the upstream model {Path(hf_dir) / 'config.json'} "
+                                           f"({theirs!r}); phases[0] starts from it, so remove the key (the plan may "
+                                           f"set only {', '.join(RUN_ONLY)})")
+
+    # Plain values first: a key that contradicts the upstream is named as such, before the merged
+    # model's own checks (a family's features, say) would report a consequence of it.
+    plain = to_dict(upstream)
+    for key, mine in (given or {}).items():
+        if key not in RUN_ONLY and key not in EFFECTIVE and not isinstance(mine, dict) and key in plain \
+                and plain[key] is not None and mine != plain[key]:
+            raise contradiction(key, mine, plain[key])
+    merged = from_dict(ModelConfig, {**plain, **(given or {})}, "model")
     for key in given or {}:
         if key not in RUN_ONLY and _value(merged, key) != _value(upstream, key):
-            mine, theirs = _value(merged, key), _value(upstream, key)
-            raise ConfigError(f"model.{key}", f"{to_dict(mine)!r} contradicts the upstream model "
-                                              f"{Path(hf_dir) / 'config.json'} ({to_dict(theirs)!r}); phases[0] starts "
-                                              f"from it, so remove the key (the plan may set only {', '.join(RUN_ONLY)})")
+            raise contradiction(key, to_dict(_value(merged, key)), to_dict(_value(upstream, key)))
     return {**plan, "model": to_dict(merged)}
