@@ -35,10 +35,10 @@ demo: $(VENV)/.runtime
 # The CPU suite in two parts: `test` (the fast tests, under 20 minutes on 2 cores) and
 # `test-slow` (end-to-end runs marked slow: real model, buckets, several processes).
 test: $(VENV)/.test
-	XLA_FLAGS=$(XLA_FAKE_DEVICES) $(BIN)/python -m pytest -q -m "not slow" tests
+	XLA_FLAGS=$(XLA_FAKE_DEVICES) $(BIN)/python -m pytest -q -m "not slow" --durations=25 tests
 
 test-slow: $(VENV)/.test
-	XLA_FLAGS=$(XLA_FAKE_DEVICES) $(BIN)/python -m pytest -q -m slow tests
+	XLA_FLAGS=$(XLA_FAKE_DEVICES) $(BIN)/python -m pytest -q -m slow --durations=25 tests
 
 # Compile-only: the train step for TPU v5e/v5p/v6e slices and 8 H100s (tests/accel), one
 # compiler per process.

@@ -96,6 +96,9 @@ class Trainer:
                  stop_after: int | None = None):
         """stop_after: stop (as if preempted, without saving) after this global step."""
         self.cfg, self.force_new, self.progress, self.stop_after = cfg, force_new, progress, stop_after
+        # Where the wall time goes (train/goodput.py): started first, so that building the setups
+        # below counts as start-up.
+        self.clock = Clock()
         self._setups: dict[str, RunSetup] = {}  # one per distinct (model, data) of the phases
         self._start_states: dict[int, dict] = {}  # data iterator state at step 0 of each phase
         self._task_evaluators: dict[int, TaskEvaluator | None] = {}  # per setup, built on first use
@@ -110,7 +113,6 @@ class Trainer:
         self.bar: Progress | None = None
         self.profiler = StepProfiler(cfg.profile, cfg.run_dir, jax.process_index(), lambda line: self.bar.write(line))
         self.summary: dict = {}
-        self.clock = Clock()  # where the wall time goes (train/goodput.py); restarted by run()
         self._stepped: set[int] = set()  # setups whose train step has compiled (ran once)
 
     def _setup_for(self, phase: int) -> RunSetup:
@@ -153,7 +155,6 @@ class Trainer:
     # ----------------------------------------------------------------- the run
     def run(self) -> dict:
         cfg, setup = self.cfg, self.setup
-        self.clock = Clock()
         if self.force_new or not holds_checkpoints(cfg.run_dir):  # a fresh start: its inputs exist?
             check_start_points([p.init for p in cfg.phases])
         prepare_run_dir(cfg, self.force_new, self.is_writer)
