@@ -1,7 +1,8 @@
 """Object-storage emulators on 127.0.0.1 for the storage tests and benchmark: a GCS emulator
 (gcp-storage-emulator) and an S3 one (moto in server mode), each started in its own process on a
-free port and stopped by the test. `env()` is what a cpt-jax process needs to reach it: the one
-cpt_jax variable per scheme (CPT_JAX_GCS_ENDPOINT / CPT_JAX_S3_ENDPOINT) and dummy S3 keys."""
+free port and stopped by the test (the GCS one through tests/gcs_emulator.py, which adds the
+generation preconditions tensorstore relies on). `env()` is what a cpt-jax process needs to
+reach it: the one cpt_jax variable per scheme (CPT_JAX_GCS_ENDPOINT / CPT_JAX_S3_ENDPOINT) and dummy S3 keys."""
 
 from __future__ import annotations
 
@@ -43,8 +44,9 @@ class Emulator:
     def start(self) -> Emulator:
         if self.kind == "gs":
             data = ["-d", str(self.data_dir)] if self.data_dir else []
-            cmd = [str(BIN / "gcp-storage-emulator"), *data, "start", "--host", "127.0.0.1",
-                   "--port", str(self.port), *([] if self.data_dir else ["--in-memory"])]
+            # through tests/gcs_emulator.py: the emulator with GCS's generation preconditions
+            cmd = [sys.executable, str(Path(__file__).with_name("gcs_emulator.py")), *data, "start",
+                   "--host", "127.0.0.1", "--port", str(self.port), *([] if self.data_dir else ["--in-memory"])]
         else:
             cmd = [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -167,3 +167,57 @@ def test_missing_bucket_is_one_error_and_writes_nothing(tmp_path):
         (tmp_path / "plan.yaml").write_text(yaml.safe_dump(p))
         line = one_error(cli(env, tmp_path, "train", "plan.yaml", "--no-progress"))
         assert "gs://missing" in line and "does not exist" in line, line
+
+
+TENSORSTORE_REREAD = """
+import sys, tensorstore as ts
+kv = ts.KvStore.open({"driver": "gcs", "bucket": "bkt"}).result()
+held = kv.write("manifest", b"one").result().generation
+again = kv.read("manifest", if_not_equal=held).result()  # GCS: 304, "unchanged since `held`"
+assert again.state == "unspecified" and again.stamp.generation == held, (again.state, again.stamp.generation)
+new = kv.write("manifest", b"two", if_equal=held).result().generation  # OCDBT's manifest update
+stale = kv.write("manifest", b"three", if_equal=held).result().generation  # b"": condition not met
+assert new not in (b"", held) and stale == b"" and kv.read("manifest").result().value == b"two"
+"""
+
+
+def test_gcs_emulator_keeps_the_generation_preconditions_tensorstore_relies_on(tmp_path):
+    """The GCS emulator the tests start (tests/gcs_emulator.py) answers conditional reads and
+    writes as GCS does: tensorstore re-reads an object with ifGenerationNotMatch and writes
+    OCDBT's manifest with ifGenerationMatch (the bare emulator made that write fail with
+    "Malformed StorageGeneration"); uploads and deletes on a stale generation are refused."""
+    import urllib.error
+    import urllib.request
+
+    with Emulator("gs") as em:
+        em.make_bucket("bkt")
+        env = {**os.environ, "TENSORSTORE_GCS_HTTP_URL": em.url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test"}
+        done = subprocess.run([sys.executable, "-c", TENSORSTORE_REREAD], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+        def status(method: str, path: str, data: bytes | None = None) -> int:
+            try:
+                return urllib.request.urlopen(urllib.request.Request(em.url + path, data, method=method)).status
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        upload = "/upload/storage/v1/b/bkt/o?name=manifest&"
+        assert status("POST", upload + "uploadType=media&ifGenerationMatch=0", b"x") == 412  # exists
+        assert status("POST", upload + "uploadType=resumable&ifGenerationMatch=1", b"{}") == 412
+        assert status("DELETE", "/storage/v1/b/bkt/o/manifest?ifGenerationMatch=1") == 412
+        assert status("DELETE", "/storage/v1/b/bkt/o/manifest") in (200, 204)
+        assert status("POST", upload + "uploadType=media&ifGenerationMatch=0", b"x") == 200  # now absent
+
+
+def test_an_error_line_keeps_the_cause_tensorstore_names_last():
+    """A failed save is reported with tensorstore's message, whose cause comes last after nested
+    contexts and before a spec dump of kilobytes: the dump goes, the cause stays."""
+    from cpt_jax.errors import brief
+
+    where = "gs://bkt/run/checkpoints/6/opt_state/ocdbt.process_0/"
+    error = ValueError(f'Error opening "zarr" driver: Error writing "1.mu.embed/.zarray" in OCDBT database at {where}: '
+                       f"Error writing {where}manifest.ocdbt: Malformed StorageGeneration "
+                       f"[tensorstore_spec='{json.dumps({'context': {'cache_pool': {}}, 'pad': 'x' * 3000})}']")
+    line = brief(error)
+    assert line.startswith("ValueError: Error opening") and line.endswith("manifest.ocdbt: Malformed StorageGeneration")
+    assert "tensorstore_spec" not in line and len(brief(ValueError("y" * 5000))) < 450

@@ -19,7 +19,7 @@ import shutil
 import uuid
 from typing import Union
 
-from cpt_jax.errors import StorageError
+from cpt_jax.errors import StorageError, brief
 
 GCS_ENDPOINT_ENV = "CPT_JAX_GCS_ENDPOINT"
 S3_ENDPOINT_ENV = "CPT_JAX_S3_ENDPOINT"
@@ -88,7 +88,7 @@ def absolute(path: str | os.PathLike) -> AnyPath:
 
 def storage_error(path: object, error: BaseException, doing: str) -> StorageError:
     """One clear error for a failed remote operation: which bucket, what went wrong, what to do."""
-    text = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}"
+    text = brief(error)
     bucket = "/".join(str(path).split("/")[:3])
     if isinstance(error, FileNotFoundError) or "NoSuchBucket" in text or "404" in text:
         why = f"the bucket {bucket} does not exist (or the path is wrong); create it or fix the path"
