@@ -36,8 +36,13 @@ def _wait(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
 
 
 class Emulator:
-    def __init__(self, kind: str, data_dir: Path | None = None, port: int | None = None):
+    def __init__(self, kind: str, data_dir: Path | None = None, port: int | None = None,
+                 deny_writes: str | None = None, stop_at: str | None = None):
+        """GCS faults: `deny_writes` "bucket/prefix" under which every write is refused with 403;
+        `stop_at` "bucket/prefix" at whose first write the emulator ends (tests/gcs_emulator.py)."""
         self.kind, self.data_dir, self.port = kind, data_dir, port or free_port()
+        self.faults = [*(["--deny-writes", deny_writes] if deny_writes else []),
+                       *(["--stop-at", stop_at] if stop_at else [])]
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
@@ -45,7 +50,7 @@ class Emulator:
         if self.kind == "gs":
             data = ["-d", str(self.data_dir)] if self.data_dir else []
             # through tests/gcs_emulator.py: the emulator with GCS's generation preconditions
-            cmd = [sys.executable, str(Path(__file__).with_name("gcs_emulator.py")), *data, "start",
+            cmd = [sys.executable, str(Path(__file__).with_name("gcs_emulator.py")), *self.faults, *data, "start",
                    "--host", "127.0.0.1", "--port", str(self.port), *([] if self.data_dir else ["--in-memory"])]
         else:
             cmd = [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)]

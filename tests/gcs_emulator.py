@@ -19,12 +19,19 @@ handlers what GCS does (https://cloud.google.com/storage/docs/request-preconditi
 The emulator serves one request at a time (http.server.HTTPServer), so a check and the write
 after it cannot interleave with another request.
 
-Usage: python tests/gcs_emulator.py [gcp-storage-emulator arguments]
+`--deny-writes BUCKET/PREFIX` (a fault for the tests) answers 403, as GCS does without write
+permission, to every upload, copy, compose, patch and delete of an object under that prefix.
+
+`--stop-at BUCKET/PREFIX` (a fault for the tests) ends the emulator, unanswered, at the first
+write under that prefix: storage that goes away in the middle of a save.
+
+Usage: python tests/gcs_emulator.py [--deny-writes P] [--stop-at P] [gcp-storage-emulator arguments]
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from http import HTTPStatus
 
@@ -111,6 +118,58 @@ def _write(handler, name_of):
     return wrapped
 
 
+FORBIDDEN = {"error": {"code": 403, "message": "does not have storage.objects.create access",
+                       "errors": [{"domain": "global", "reason": "forbidden",
+                                   "message": "does not have storage.objects.create access"}]}}
+
+
+def _target(request, storage) -> str:
+    """bucket/name of the object a write request creates, changes or deletes."""
+    params = request.params
+    if "dest_object_id" in params:  # copyTo, rewriteTo
+        return f"{params['dest_bucket_name']}/{params['dest_object_id']}"
+    if "object_id" in params:
+        return f"{params['bucket_name']}/{params['object_id']}"
+    try:
+        return f"{params['bucket_name']}/{_upload_name(request, storage) or ''}"
+    except NotFound:
+        return ""
+
+
+def _deny(handler, prefix: str):
+    @functools.wraps(handler)
+    def wrapped(request, response, storage, *args, **kwargs):
+        if _target(request, storage).startswith(prefix):
+            response.status = HTTPStatus.FORBIDDEN
+            return response.json(FORBIDDEN)
+        return handler(request, response, storage, *args, **kwargs)
+
+    return wrapped
+
+
+def _stop(handler, prefix: str):
+    @functools.wraps(handler)
+    def wrapped(request, response, storage, *args, **kwargs):
+        if _target(request, storage).startswith(prefix):
+            os._exit(3)  # gone mid-request: no answer, nothing written
+        return handler(request, response, storage, *args, **kwargs)
+
+    return wrapped
+
+
+def on_writes(prefix: str, fault) -> None:
+    """Wrap every handler that writes with `fault` for objects under bucket/prefix (installed
+    after `patch`, so the fault answers first)."""
+    writers = {objects.insert, objects.upload_partial, objects.xml_upload, objects.delete, objects.patch,
+               objects.copy, objects.rewrite, objects.compose}
+    wrapped = {h: fault(h, prefix) for h in writers}
+    for _, methods in server.HANDLERS:
+        for method, handler in methods.items():
+            methods[method] = wrapped.get(handler, handler)
+    for original, new in wrapped.items():
+        setattr(objects, original.__name__, new)
+
+
 def patch() -> None:
     """Put the wrapped handlers into the emulator's routing table (and its module, which the
     router's fallback for uploads without the /upload prefix reads)."""
@@ -130,4 +189,8 @@ def patch() -> None:
 
 if __name__ == "__main__":
     patch()
-    emulator_cli.main(sys.argv[1:])
+    argv = sys.argv[1:]
+    while argv[:1] in (["--deny-writes"], ["--stop-at"]):
+        on_writes(argv[1], _deny if argv[0] == "--deny-writes" else _stop)
+        argv = argv[2:]
+    emulator_cli.main(argv)

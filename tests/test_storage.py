@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -155,18 +156,51 @@ def test_s3_data_is_read_through_the_local_cache_bit_identically(tmp_path):
         assert "cannot be written to s3://" in one_error(cli(env, tmp_path, "train", "s3run.yaml", "--no-progress"))
 
 
+def synthetic_plan(run_dir: str, tmp_path: Path) -> Path:
+    """A short plan on synthetic data (no files to prepare), written to tmp_path/plan.yaml."""
+    p = short_plan(run_dir, str(tmp_path / "data"), tmp_path / "tok.json")
+    p["data"]["sources"] = {"a": {"kind": "synthetic", "num_docs": 8, "eval_docs": 2}}
+    p["phases"][0]["mixture"] = {"a": 1.0}
+    del p["tokenizer"]
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(p))
+    return tmp_path / "plan.yaml"
+
+
 def test_missing_bucket_is_one_error_and_writes_nothing(tmp_path):
     """A run_dir in a bucket that does not exist: one `error:` line naming the bucket, exit 2."""
-    tok = tmp_path / "tok.json"
     with Emulator("gs") as em:
         env = cli_env(em, tmp_path)
-        p = short_plan("gs://missing/run", str(tmp_path / "data"), tok)
-        p["data"]["sources"] = {"a": {"kind": "synthetic", "num_docs": 8, "eval_docs": 2}}
-        p["phases"][0]["mixture"] = {"a": 1.0}
-        del p["tokenizer"]
-        (tmp_path / "plan.yaml").write_text(yaml.safe_dump(p))
+        synthetic_plan("gs://missing/run", tmp_path)
         line = one_error(cli(env, tmp_path, "train", "plan.yaml", "--no-progress"))
         assert "gs://missing" in line and "does not exist" in line, line
+
+
+def bucket_objects(em: Emulator, bucket: str) -> list[str]:
+    """The names of the objects in a bucket, listed through the emulator's API."""
+    import urllib.request
+
+    listing = json.loads(urllib.request.urlopen(f"{em.url}/storage/v1/b/{bucket}/o", timeout=10).read())
+    return [item["name"] for item in listing.get("items") or []]
+
+
+def test_no_write_permission_is_one_error_and_writes_nothing(tmp_path):
+    """Where the credentials may not write (the emulator answers 403 under bkt/ro/, as GCS does),
+    train and prepare each stop with one `error:` line that says so, exit 2, and write nothing."""
+    from text_fixtures import documents, vocabulary, word_level_tokenizer, write_jsonl
+
+    words = vocabulary("w", 20)
+    tok = word_level_tokenizer(tmp_path / "tok" / "tokenizer.json", words)
+    write_jsonl(tmp_path / "in" / "text.jsonl", documents(words, 20, seed=1))
+    with Emulator("gs", deny_writes="bkt/ro/") as em:
+        em.make_bucket("bkt")
+        env = cli_env(em, tmp_path)
+        synthetic_plan("gs://bkt/ro/run", tmp_path)
+        for args in (["train", "plan.yaml", "--no-progress"],
+                     ["prepare", tmp_path / "in", "--out", "gs://bkt/ro/data", "--tokenizer", tok, "--quiet"]):
+            line = one_error(cli(env, tmp_path, *args))
+            assert "no permission to write to gs://bkt" in line, line
+        assert bucket_objects(em, "bkt") == []
+        assert not (tmp_path / "cache" / "prepare").exists() or not any((tmp_path / "cache" / "prepare").iterdir())
 
 
 TENSORSTORE_REREAD = """
@@ -221,3 +255,70 @@ def test_an_error_line_keeps_the_cause_tensorstore_names_last():
     line = brief(error)
     assert line.startswith("ValueError: Error opening") and line.endswith("manifest.ocdbt: Malformed StorageGeneration")
     assert "tensorstore_spec" not in line and len(brief(ValueError("y" * 5000))) < 450
+
+
+def download(em: Emulator, url: str, local: Path) -> Path:
+    """Copy a folder out of the bucket (in a fresh process that has the endpoint)."""
+    code = ("import sys; from cpt_jax.storage import local_folder; import shutil; "
+            "shutil.copytree(local_folder(sys.argv[1]), sys.argv[2], symlinks=False)")
+    subprocess.run([sys.executable, "-c", code, url, str(local)], env={**os.environ, **em.env(), "PYTHONPATH": str(REPO),
+                   "CPT_JAX_CACHE_DIR": str(local.parent / "dl-cache")}, check=True)
+    return local
+
+
+@pytest.mark.slow
+def test_prepare_import_merge_extend_and_hf_init_read_and_write_a_bucket(tmp_path):
+    """Every command that takes a model or data folder takes one in a bucket, from the CLI:
+    prepare --out, import-hf in and out, merge inputs (an HF folder and ckpt:) and output,
+    extend-vocab's model, tokenizer and output, and a plan's `init: hf:gs://...`. The merge of a
+    model with its own import (weights 0.5, 0.5) gives back its tensors bit for bit."""
+    from hf_fixtures import make_tiny_hf_model
+    from test_merge import read_hf_tensors
+    from text_fixtures import documents, write_jsonl
+    from tokenizers import Tokenizer
+
+    hf = make_tiny_hf_model(tmp_path / "hf", "llama")
+    write_jsonl(tmp_path / "in" / "text.jsonl", documents([f"w{i}" for i in range(3, 160)], 60, seed=1))
+    tok = Tokenizer.from_file(str(hf / "tokenizer.json"))
+    tok.add_tokens(["w5 w9"])
+    (tmp_path / "newtok").mkdir()
+    tok.save(str(tmp_path / "newtok" / "tokenizer.json"))
+    with Emulator("gs") as em:
+        em.make_bucket("bkt")
+        env = cli_env(em, tmp_path)
+        upload(hf, "gs://bkt/hf", em.env())
+        upload(tmp_path / "newtok", "gs://bkt/newtok", em.env())
+
+        def run(*args) -> str:
+            proc = cli(env, tmp_path, *args)
+            out = proc.communicate()[0]
+            assert proc.returncode == 0, out[-3000:]
+            return out
+
+        run("prepare", tmp_path / "in", "--out", "gs://bkt/data", "--tokenizer", hf / "tokenizer.json",
+            "--eval-docs", "4", "--quiet")
+        run("import-hf", "gs://bkt/hf", "gs://bkt/ckpt")
+        (tmp_path / "avg.yaml").write_text(yaml.safe_dump({"merge_method": "linear", "dtype": "float32", "models": [
+            {"model": "gs://bkt/hf", "parameters": {"weight": 0.5}},
+            {"model": "ckpt:gs://bkt/ckpt", "parameters": {"weight": 0.5}}]}))
+        run("merge", "avg.yaml", "--out", "gs://bkt/merged")
+        out = run("extend-vocab", "gs://bkt/ckpt", "--tokenizer", "gs://bkt/newtok/tokenizer.json",
+                  "--out", "gs://bkt/ext", "--pad-multiple", "8")
+        assert "160 -> 161 tokens" in out, out[-3000:]
+        p = short_plan(str(tmp_path / "run"), "gs://bkt/data", hf / "tokenizer.json")
+        p["phases"][0]["init"] = "hf:gs://bkt/hf"
+        del p["model"]  # taken from the folder's config.json in the bucket
+        (tmp_path / "plan.yaml").write_text(yaml.safe_dump(p))
+        run("train", "plan.yaml", "--no-progress")
+
+        merged = read_hf_tensors(download(em, "gs://bkt/merged", tmp_path / "merged"))
+        original = read_hf_tensors(hf)
+        assert sorted(merged) == sorted(original) and all(np.array_equal(merged[k], original[k]) for k in original)
+        ext = download(em, "gs://bkt/ext", tmp_path / "ext")
+        assert (ext / "tokenizer" / "tokenizer.json").read_bytes() == (tmp_path / "newtok" / "tokenizer.json").read_bytes()
+        data = download(em, "gs://bkt/data", tmp_path / "data")
+        assert json.loads((data / "manifest.json").read_text())["splits"]["eval"]["documents"] == 4
+    from cpt_jax.train.metrics import read_jsonl
+
+    rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
+    assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
