@@ -322,3 +322,38 @@ def test_prepare_import_merge_extend_and_hf_init_read_and_write_a_bucket(tmp_pat
 
     rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
     assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
+
+
+@pytest.mark.slow
+def test_storage_gone_during_a_save_then_back_resumes_from_the_last_whole_step(tmp_path, monkeypatch):
+    """The emulator ends while the last checkpoint of a run is being saved, just before orbax's
+    commit marker (every other object of step 6 is written). The run is lost with its storage
+    (killed). With the emulator back on the same data, the next run deletes the uncommitted step,
+    resumes from step 3 and trains steps 4-6 bit for bit as before."""
+    data, tok = prepared(tmp_path)
+    p = plan("gs://bkt/run", str(data), tok)
+    p["phases"] = [PHASES[0]]
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(p))
+    em = Emulator("gs", data_dir=tmp_path / "gcs", stop_at="bkt/run/checkpoints/6/commit_success.txt").start()
+    try:
+        em.make_bucket("bkt")
+        env = cli_env(em, tmp_path)
+        proc = cli(env, tmp_path, "train", "plan.yaml", "--no-progress")
+        deadline = time.time() + 400
+        while em.proc.poll() is None and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert em.proc.poll() is not None and proc.poll() is None, proc.communicate()[0][-3000:]
+    finally:
+        em.stop()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with Emulator("gs", data_dir=tmp_path / "gcs", port=em.port) as em:
+        before = remote_rows(em, "gs://bkt/run/metrics.jsonl", monkeypatch)
+        assert max(before) >= 4, sorted(before)  # steps logged after the last whole step (3)
+        assert "checkpoints/6/params/_METADATA" in "\n".join(bucket_objects(em, "bkt"))  # all but the marker
+        out = cli(env, tmp_path, "train", "plan.yaml", "--no-progress").communicate()[0]
+        assert "checkpoint step 6" in out and "was not committed" in out, out[-3000:]
+        after = remote_rows(em, "gs://bkt/run/metrics.jsonl", monkeypatch)
+        assert sorted(after) == [1, 2, 3, 4, 5, 6], out[-3000:]
+        assert all(after[s]["loss"] == before[s]["loss"] for s in range(4, max(before) + 1)), out[-3000:]
+        assert "run/checkpoints/6/commit_success.txt" in bucket_objects(em, "bkt")
