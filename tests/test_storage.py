@@ -297,6 +297,9 @@ def test_prepare_import_merge_extend_and_hf_init_read_and_write_a_bucket(tmp_pat
 
         run("prepare", tmp_path / "in", "--out", "gs://bkt/data", "--tokenizer", hf / "tokenizer.json",
             "--eval-docs", "4", "--quiet")
+        line = one_error(cli(env, tmp_path, "prepare", tmp_path / "in", "--out", "gs://bkt/data", "--tokenizer",
+                             hf / "tokenizer.json", "--eval-docs", "4", "--quiet"))
+        assert "is not empty" in line and "--overwrite" in line, line
         run("import-hf", "gs://bkt/hf", "gs://bkt/ckpt")
         (tmp_path / "avg.yaml").write_text(yaml.safe_dump({"merge_method": "linear", "dtype": "float32", "models": [
             {"model": "gs://bkt/hf", "parameters": {"weight": 0.5}},
