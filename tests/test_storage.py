@@ -135,7 +135,8 @@ def one_error(proc: subprocess.Popen) -> str:
 @pytest.mark.slow
 def test_s3_data_is_read_through_the_local_cache_bit_identically(tmp_path):
     """A prepared source on s3:// (moto): copied to the local cache, and the run's losses are
-    the ones the same source gives from local disk. run_dir on s3:// is refused by name."""
+    the ones the same source gives from local disk. run_dir on s3:// is refused by name.
+    prepare --out and import-hf (in and out) work on s3:// too."""
     data, tok = prepared(tmp_path)
     with Emulator("s3") as em:
         em.make_bucket("bkt")
@@ -154,6 +155,22 @@ def test_s3_data_is_read_through_the_local_cache_bit_identically(tmp_path):
                sorted(p.name for p in data.glob("*.arrayrecord"))
         (tmp_path / "s3run.yaml").write_text(yaml.safe_dump(short_plan("s3://bkt/run", "s3://bkt/data", tok)))
         assert "cannot be written to s3://" in one_error(cli(env, tmp_path, "train", "s3run.yaml", "--no-progress"))
+
+        # prepare --out s3:// writes the shards a local prepare writes; import-hf reads an HF
+        # folder on s3:// and writes its checkpoint there
+        from hf_fixtures import make_tiny_hf_model
+
+        upload(make_tiny_hf_model(tmp_path / "hf", "llama"), "s3://bkt/hf", em.env())
+        for args in (["prepare", tmp_path / "in", "--out", "s3://bkt/prep", "--tokenizer", tok, "--eval-docs", "8",
+                      "--quiet"], ["import-hf", "s3://bkt/hf", "s3://bkt/ckpt"]):
+            proc = cli(env, tmp_path, *args)
+            out = proc.communicate()[0]
+            assert proc.returncode == 0, out[-3000:]
+        prep = download(em, "s3://bkt/prep", tmp_path / "prep")
+        assert {p.name: p.read_bytes() for p in prep.glob("*.arrayrecord")} == \
+               {p.name: p.read_bytes() for p in data.glob("*.arrayrecord")}
+        ckpt = download(em, "s3://bkt/ckpt", tmp_path / "ckpt")
+        assert (ckpt / "tokenizer" / "tokenizer.json").is_file() and (ckpt / "0" / "params").is_dir()
 
 
 def synthetic_plan(run_dir: str, tmp_path: Path) -> Path:
