@@ -64,13 +64,27 @@ def prepared(tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "data", tok
 
 
-def remote_rows(em: Emulator, url: str, monkeypatch) -> dict[int, dict]:
-    """The train rows of a metrics.jsonl in the bucket (read in this process, as `report` would)."""
-    from cpt_jax.train.metrics import read_jsonl
+def object_bytes(em: Emulator, bucket: str, name: str) -> bytes | None:
+    """An object's bytes (None: no such object), read through the emulator's API."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
 
-    for k, v in em.env().items():
-        monkeypatch.setenv(k, v)
-    return {r["step"]: r for r in read_jsonl(url) if r["kind"] == "train"}
+    url = f"{em.url}/storage/v1/b/{bucket}/o/{urllib.parse.quote(name, safe='')}?alt=media"
+    try:
+        return urllib.request.urlopen(url, timeout=10).read()
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return None
+        raise
+
+
+def remote_rows(em: Emulator, url: str) -> dict[int, dict]:
+    """The train rows of a metrics.jsonl in the bucket, read through the emulator's API: not
+    through this process's gcsfs, which keeps the endpoint of the first test that used it."""
+    bucket, _, name = url.removeprefix("gs://").partition("/")
+    rows = [json.loads(line) for line in (object_bytes(em, bucket, name) or b"").decode().splitlines() if line]
+    return {r["step"]: r for r in rows if r["kind"] == "train"}
 
 
 @pytest.mark.slow
@@ -89,13 +103,13 @@ def test_gs_plan_killed_resumes_bit_identically_then_exports_evals_reports(tmp_p
         deadline, rows = time.time() + 400, {}
         while max(rows, default=0) < 8 and proc.poll() is None and time.time() < deadline:
             time.sleep(0.5)
-            rows = remote_rows(em, metrics, monkeypatch)
+            rows = remote_rows(em, metrics)
         assert proc.poll() is None, proc.communicate()[0][-3000:]
         os.kill(proc.pid, signal.SIGKILL)  # inside phase 'anneal', after its checkpoint at step 6
         proc.wait()
-        before_kill = remote_rows(em, metrics, monkeypatch)
+        before_kill = remote_rows(em, metrics)
         out = cli(env, tmp_path, "train", "plan.yaml", "--no-progress").communicate()[0]
-        rows = remote_rows(em, metrics, monkeypatch)
+        rows = remote_rows(em, metrics)
         assert sorted(rows) == list(range(1, 13)), out[-3000:]
         assert max(before_kill) >= 8 and all(rows[s]["loss"] == r["loss"] and rows[s]["lr"] == r["lr"]
                                               for s, r in before_kill.items())
@@ -106,6 +120,8 @@ def test_gs_plan_killed_resumes_bit_identically_then_exports_evals_reports(tmp_p
         from cpt_jax.storage import as_path
         from cpt_jax.train.metrics import read_jsonl
 
+        for k, v in em.env().items():  # this process reads the bucket too (the only test that does)
+            monkeypatch.setenv(k, v)
         bucket = as_path("gs://bkt")
         assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (bucket / "hf").iterdir()}, \
             out[-3000:]
@@ -345,7 +361,7 @@ def test_prepare_import_merge_extend_and_hf_init_read_and_write_a_bucket(tmp_pat
 
 
 @pytest.mark.slow
-def test_storage_gone_during_a_save_then_back_resumes_from_the_last_whole_step(tmp_path, monkeypatch):
+def test_storage_gone_during_a_save_then_back_resumes_from_the_last_whole_step(tmp_path):
     """The emulator ends while the last checkpoint of a run is being saved, just before orbax's
     commit marker (every other object of step 6 is written). The run is lost with its storage
     (killed). With the emulator back on the same data, the next run deletes the uncommitted step,
@@ -368,12 +384,12 @@ def test_storage_gone_during_a_save_then_back_resumes_from_the_last_whole_step(t
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     with Emulator("gs", data_dir=tmp_path / "gcs", port=em.port) as em:
-        before = remote_rows(em, "gs://bkt/run/metrics.jsonl", monkeypatch)
+        before = remote_rows(em, "gs://bkt/run/metrics.jsonl")
         assert max(before) >= 4, sorted(before)  # steps logged after the last whole step (3)
         assert "checkpoints/6/params/_METADATA" in "\n".join(bucket_objects(em, "bkt"))  # all but the marker
         out = cli(env, tmp_path, "train", "plan.yaml", "--no-progress").communicate()[0]
         assert "checkpoint step 6" in out and "was not committed" in out, out[-3000:]
-        after = remote_rows(em, "gs://bkt/run/metrics.jsonl", monkeypatch)
+        after = remote_rows(em, "gs://bkt/run/metrics.jsonl")
         assert sorted(after) == [1, 2, 3, 4, 5, 6], out[-3000:]
         assert all(after[s]["loss"] == before[s]["loss"] for s in range(4, max(before) + 1)), out[-3000:]
         assert "run/checkpoints/6/commit_success.txt" in bucket_objects(em, "bkt")
