@@ -7,6 +7,8 @@ say which part found the problem, so callers can catch narrowly.
 
 from __future__ import annotations
 
+import re
+
 
 class UserError(Exception):
     """Bad input or state the user can fix; the message names the problem and the fix."""
@@ -34,3 +36,15 @@ class TrainingDiverged(UserError):
 
 class StorageError(UserError):
     """Object storage that cannot be used as asked (missing bucket, no permission, unreachable)."""
+
+
+def brief(error: BaseException, limit: int = 400) -> str:
+    """One line naming an exception, for inside an error message: its type and first line,
+    without tensorstore's spec dump (`[tensorstore_spec=...]`, often kilobytes). A longer line
+    keeps its start and its end, because tensorstore nests contexts ("Error opening ...: Error
+    writing ...: <cause>") and names the cause last."""
+    line = (str(error).strip().splitlines() or [""])[0]
+    line = re.sub(r"\s*\[(tensorstore_spec|source locations)=.*$", "", line)
+    if len(line) > limit:
+        line = f"{line[:limit // 3]} ... {line[-(limit - limit // 3):]}"
+    return f"{type(error).__name__}: {line}"

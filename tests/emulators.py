@@ -1,7 +1,8 @@
 """Object-storage emulators on 127.0.0.1 for the storage tests and benchmark: a GCS emulator
 (gcp-storage-emulator) and an S3 one (moto in server mode), each started in its own process on a
-free port and stopped by the test. `env()` is what a cpt-jax process needs to reach it: the one
-cpt_jax variable per scheme (CPT_JAX_GCS_ENDPOINT / CPT_JAX_S3_ENDPOINT) and dummy S3 keys."""
+free port and stopped by the test (the GCS one through tests/gcs_emulator.py, which adds the
+generation preconditions tensorstore relies on). `env()` is what a cpt-jax process needs to
+reach it: the one cpt_jax variable per scheme (CPT_JAX_GCS_ENDPOINT / CPT_JAX_S3_ENDPOINT) and dummy S3 keys."""
 
 from __future__ import annotations
 
@@ -35,16 +36,22 @@ def _wait(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
 
 
 class Emulator:
-    def __init__(self, kind: str, data_dir: Path | None = None, port: int | None = None):
+    def __init__(self, kind: str, data_dir: Path | None = None, port: int | None = None,
+                 deny_writes: str | None = None, stop_at: str | None = None):
+        """GCS faults: `deny_writes` "bucket/prefix" under which every write is refused with 403;
+        `stop_at` "bucket/prefix" at whose first write the emulator ends (tests/gcs_emulator.py)."""
         self.kind, self.data_dir, self.port = kind, data_dir, port or free_port()
+        self.faults = [*(["--deny-writes", deny_writes] if deny_writes else []),
+                       *(["--stop-at", stop_at] if stop_at else [])]
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Emulator:
         if self.kind == "gs":
             data = ["-d", str(self.data_dir)] if self.data_dir else []
-            cmd = [str(BIN / "gcp-storage-emulator"), *data, "start", "--host", "127.0.0.1",
-                   "--port", str(self.port), *([] if self.data_dir else ["--in-memory"])]
+            # through tests/gcs_emulator.py: the emulator with GCS's generation preconditions
+            cmd = [sys.executable, str(Path(__file__).with_name("gcs_emulator.py")), *self.faults, *data, "start",
+                   "--host", "127.0.0.1", "--port", str(self.port), *([] if self.data_dir else ["--in-memory"])]
         else:
             cmd = [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -18,7 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from cpt_jax.config.base import from_dict
-from cpt_jax.errors import ConfigError
+from cpt_jax.errors import ConfigError, brief
 from cpt_jax.model.config import ModelConfig
 from cpt_jax.model.params import abstract_params
 from cpt_jax.storage import as_path
@@ -28,16 +28,11 @@ OPTIONAL_ITEMS = ("ema",)  # the weight EMA, in runs that keep one (same tree as
 META_FIELDS = ("model", "phase", "phase_step")
 
 
-def _brief(e: BaseException) -> str:
-    line = (str(e).strip().splitlines() or [""])[0]
-    return f"{type(e).__name__}: {line[:200]}"
-
-
 def _meta_damage(step_dir: Path, step: int, fmt: str) -> tuple[str | None, dict]:
     try:
         meta = json.loads((step_dir / "meta" / "metadata").read_text())
     except (OSError, ValueError) as e:
-        return f"its meta/metadata file is unreadable ({_brief(e)})", {}
+        return f"its meta/metadata file is unreadable ({brief(e)})", {}
     if not isinstance(meta, dict):
         return "its meta/metadata file holds no JSON object", {}
     if meta.get("format") != fmt:
@@ -68,7 +63,7 @@ def _array_damage(item_dir: Path, expected_shapes: dict | None) -> str | None:
     try:
         tree = handler.metadata(item_dir).tree
     except Exception as e:  # noqa: BLE001 - orbax reports broken metadata in many ways
-        return f"the array metadata of {name} is unreadable ({_brief(e)})"
+        return f"the array metadata of {name} is unreadable ({brief(e)})"
     finally:
         handler.close()
     leaves = [(p, x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0] if hasattr(x, "shape")]
@@ -88,7 +83,7 @@ def _array_damage(item_dir: Path, expected_shapes: dict | None) -> str | None:
     except MemoryError:
         raise
     except Exception as e:  # noqa: BLE001 - tensorstore reports unreadable chunks in many ways
-        return f"array {jax.tree_util.keystr(path, simple=True, separator='.')} of {name} is unreadable ({_brief(e)})"
+        return f"array {jax.tree_util.keystr(path, simple=True, separator='.')} of {name} is unreadable ({brief(e)})"
     finally:
         reader.close()
     return None
@@ -106,7 +101,7 @@ def find_damage(step_dir: str | Path, step: int, fmt: str) -> str | None:
     try:
         json.loads((step_dir / "_CHECKPOINT_METADATA").read_text())
     except (OSError, ValueError) as e:
-        return f"its _CHECKPOINT_METADATA file is unreadable ({_brief(e)})"
+        return f"its _CHECKPOINT_METADATA file is unreadable ({brief(e)})"
     damage, meta = _meta_damage(step_dir, step, fmt)
     if damage:
         return damage

@@ -30,7 +30,7 @@ import orbax.checkpoint as ocp
 from cpt_jax.checkpoint.damage import find_damage
 from cpt_jax.checkpoint.model_checkpoint import saved_model_config
 from cpt_jax.config.base import require
-from cpt_jax.errors import CheckpointError, StorageError
+from cpt_jax.errors import CheckpointError, StorageError, brief
 from cpt_jax.model.params import (
     find_layout,
     num_stacked,
@@ -206,7 +206,7 @@ class RunCheckpointer:
                     if damage is None:
                         raise CheckpointError(
                             f"checkpoint step {step} in {self.directory} is intact but could not be restored by "
-                            f"this invocation ({_brief(e)}); nothing was changed: run with the device count, mesh "
+                            f"this invocation ({brief(e)}); nothing was changed: run with the device count, mesh "
                             "and memory the run can use (the mesh may differ from the saving run's if every "
                             "sharded size divides it), then rerun") from e
                     if jax.process_count() > 1:
@@ -237,16 +237,11 @@ class RunCheckpointer:
         try:
             self.manager.wait_until_finished()
         except Exception as e:  # noqa: BLE001 - reported by check/wait; here only logged
-            log.warning("checkpoint save failed: %s", _brief(e))
+            log.warning("checkpoint save failed: %s", brief(e))
         finally:
             self.manager.close()
             if self._errors in _ORBAX_ERRORS.captures:
                 _ORBAX_ERRORS.captures.remove(self._errors)
-
-
-def _brief(e: BaseException) -> str:
-    line = (str(e).strip().splitlines() or [""])[0]
-    return f"{type(e).__name__}: {line[:200]}"
 
 
 class _ErrorCapture:
@@ -331,7 +326,7 @@ def _reason(error: BaseException) -> str:
     found = re.search(r"os_error_code='?(\d+)|\[Errno (\d+)\]", str(error))
     if found:
         return os.strerror(int(found.group(1) or found.group(2)))
-    return _brief(error)
+    return brief(error)
 
 
 def _first_os_error(e: BaseException | None) -> OSError | None:

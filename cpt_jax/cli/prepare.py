@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 from cpt_jax.errors import UserError
+from cpt_jax.storage import is_remote
 from cpt_jax.data.readers import ReadOptions
 
 
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         eval_docs=args.eval_docs, eval_fraction=args.eval_fraction, eval_inputs=tuple(args.eval_inputs),
         workers=args.workers, shard_docs=args.shard_docs, overwrite=args.overwrite, progress=not args.quiet)
     out = Path(args.out)
-    created = not out.exists()
+    created = not is_remote(args.out) and not out.exists()  # a bucket's folder is never created empty
     try:
         manifest = prepare(opts)
     except UserError as e:

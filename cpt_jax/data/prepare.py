@@ -17,7 +17,10 @@ from __future__ import annotations
 import functools
 import json
 import math
+import dataclasses
+import hashlib
 import multiprocessing
+import shutil
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +34,7 @@ from cpt_jax.errors import DataError
 from cpt_jax.data.hashing import sha256_json, text_hash64
 from cpt_jax.data.readers import FileScan, ReadOptions, discover, iter_records, scan_file
 from cpt_jax.data.tokenizer import TokenizerSpec, load_tokenizer, train_sentencepiece
+from cpt_jax.storage import absolute, as_path, cache_dir, check_writable, is_remote, upload_tree
 
 TRAINED_TOKENIZER = "tokenizer.model"
 _TRAIN_KEY = "tokenizer.train.json"
@@ -96,6 +100,8 @@ class Unit:
 def prepare(opts: PrepareOptions) -> dict:
     """Run prepare end to end and return the manifest."""
     opts.check()
+    if is_remote(opts.out):
+        return _prepare_into_bucket(opts)
     out = Path(opts.out)
     _refuse_other_files(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -138,6 +144,27 @@ def prepare(opts: PrepareOptions) -> dict:
     _remove_stale(out, len(units))
     manifest = _assemble(out, units, scans, eval_scans, tok, dtype, opts, cutoff, config_hash)
     mf.write_json_atomic(out / mf.MANIFEST, manifest)
+    return manifest
+
+
+def _prepare_into_bucket(opts: PrepareOptions) -> dict:
+    """`out` in a bucket: the ArrayRecord writer writes local files only, so prepare writes into a
+    local staging folder (in the object cache, keyed by the URL: rerunning an interrupted prepare
+    resumes there), then uploads it whole, the manifest last (readers wait for it), and deletes
+    the staging folder. An `out` that already holds files is replaced only with `overwrite`."""
+    url = str(absolute(opts.out)).rstrip("/")
+    check_writable(url)  # a missing bucket or no permission: one error before the long part
+    staging = (cache_dir() / "prepare" / hashlib.sha256(url.encode()).hexdigest()[:24]).resolve()
+    remote = as_path(url)
+    if not opts.overwrite and not staging.is_dir() and remote.is_dir() and any(remote.iterdir()):
+        raise DataError(f"--out {url} is not empty; pass `overwrite` to replace it, or choose another `out`")
+    manifest = prepare(dataclasses.replace(opts, out=str(staging)))
+    tokenizer = manifest["tokenizer"]
+    if tokenizer["path"].startswith(str(staging)):  # a tokenizer trained here is uploaded with the data
+        tokenizer["path"] = url + tokenizer["path"][len(str(staging)):]
+        mf.write_json_atomic(staging / mf.MANIFEST, manifest)
+    upload_tree(staging, url, last=mf.MANIFEST)
+    shutil.rmtree(staging)
     return manifest
 
 

@@ -26,12 +26,13 @@ from cpt_jax.hf.weights import Mapping, get_path, mappings, set_path
 from cpt_jax.model.config import ModelConfig
 from cpt_jax.model.params import check_compatible, find_layout, param_shardings
 from cpt_jax.sharding.mesh import MeshConfig, make_mesh
+from cpt_jax.storage import absolute, as_path, local_folder
 
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # a buffer some old exports contain; recomputed from the config
 
 
 def read_hf_config(hf_dir: str | Path) -> dict:
-    hf_dir = Path(hf_dir)
+    hf_dir = as_path(hf_dir)
     path = hf_dir / "config.json"
     if not path.is_file():
         raise UserError(f"{hf_dir} has no config.json; pass a Hugging Face model folder")
@@ -127,12 +128,13 @@ def load_hf_params(hf_dir: str | Path, expected: ModelConfig | None, shardings: 
     each tensor is read through a memory map, converted and placed into its shards on
     `shardings` (a tree like params in either layer layout; None: the host CPU device) before the next is
     read, so host memory holds about one tensor beyond what the devices hold. With `expected`,
-    the folder must match that model (the run's) and its config is returned."""
-    hf_dir = Path(hf_dir)
+    the folder must match that model (the run's) and its config is returned. A folder in a
+    bucket is read from its local cached copy (storage.local_folder)."""
     hf = read_hf_config(hf_dir)
+    where, hf_dir = absolute(hf_dir), local_folder(hf_dir)
     cfg = hf_config_to_model_config(hf, dtype=dtype)
     if expected is not None:
-        check_compatible(cfg, expected, f"hf:{hf_dir}")
+        check_compatible(cfg, expected, f"hf:{where}")
         cfg = expected
     if shardings is None:
         shardings = one_device_shardings(cfg, jax.local_devices(backend="cpu")[0])
@@ -160,14 +162,14 @@ def load_hf_params(hf_dir: str | Path, expected: ModelConfig | None, shardings: 
     bar.close()
     for path, leaf in stacked.items():
         set_path(params, path, leaf.array)
-    source = {"hf_dir": str(hf_dir.absolute()), "architectures": hf.get("architectures"), "hf_config": hf}
+    source = {"hf_dir": str(where), "architectures": hf.get("architectures"), "hf_config": hf}
     return cfg, params, source
 
 
 def import_hf(hf_dir: str | Path, out_dir: str | Path, *, dtype: str = "float32", overwrite: bool = False,
               mesh=None, progress: bool = False) -> Path:
     """HF folder -> cpt_jax model checkpoint (+ its tokenizer files), sharded over `mesh` if given."""
-    hf_dir, out = Path(hf_dir), Path(out_dir).absolute()
+    hf_dir, out = absolute(hf_dir), absolute(out_dir)
     check_output_dir(out, overwrite, hf_dir)
     cfg = hf_config_to_model_config(read_hf_config(hf_dir), dtype=dtype)
     # Without a mesh: the first device (an accelerator if there is one), not a host copy.

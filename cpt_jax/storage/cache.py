@@ -67,3 +67,35 @@ def local_copy(path: str | os.PathLike) -> pathlib.Path:
         return pathlib.Path(p)
     prefetch([p])
     return _inflight[p].result()
+
+
+def local_folder(path: str | os.PathLike) -> pathlib.Path:
+    """A local folder with the files of the folder `path` (a Hugging Face model: its readers
+    memory-map safetensors and open tokenizer files by name): itself when local, else links to
+    the cached copies of its files (fetched in parallel, each kept while its object is unchanged)
+    under a folder keyed by the URL. An empty or missing remote folder gives an empty folder."""
+    p = str(path).rstrip("/")
+    if not is_remote(p):
+        return pathlib.Path(p)
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(str(as_path(p)))
+        names = [f[len(root):].lstrip("/") for f in fs.find(root)]
+    except Exception as e:
+        raise storage_error(p, e, "reading") from e
+    urls = [f"{p}/{name}" for name in names]
+    prefetch(urls)
+    folder = cache_dir() / "folders" / hashlib.sha256(p.encode()).hexdigest()[:24]
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in [f for f in folder.rglob("*") if f.is_symlink() and f.relative_to(folder).as_posix() not in names]:
+        old.unlink()  # a file deleted from the bucket since the last copy
+    for name, url in zip(names, urls):
+        link, target = folder / name, local_copy(url).resolve()
+        if link.is_symlink() and link.resolve() == target:
+            continue
+        link.parent.mkdir(parents=True, exist_ok=True)
+        tmp = link.with_name(f".{link.name}.{os.getpid()}.{threading.get_ident()}.link")
+        tmp.symlink_to(target)
+        os.replace(tmp, link)  # atomic: several processes may build the same folder
+    return folder

@@ -19,7 +19,7 @@ import shutil
 import uuid
 from typing import Union
 
-from cpt_jax.errors import StorageError
+from cpt_jax.errors import StorageError, brief
 
 GCS_ENDPOINT_ENV = "CPT_JAX_GCS_ENDPOINT"
 S3_ENDPOINT_ENV = "CPT_JAX_S3_ENDPOINT"
@@ -88,11 +88,12 @@ def absolute(path: str | os.PathLike) -> AnyPath:
 
 def storage_error(path: object, error: BaseException, doing: str) -> StorageError:
     """One clear error for a failed remote operation: which bucket, what went wrong, what to do."""
-    text = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}"
+    text = brief(error)
     bucket = "/".join(str(path).split("/")[:3])
     if isinstance(error, FileNotFoundError) or "NoSuchBucket" in text or "404" in text:
         why = f"the bucket {bucket} does not exist (or the path is wrong); create it or fix the path"
-    elif isinstance(error, PermissionError) or "403" in text or "AccessDenied" in text or "401" in text:
+    elif isinstance(error, PermissionError) or any(  # gcsfs: OSError "Forbidden: URL"; tensorstore: PERMISSION_DENIED
+            s in text for s in ("403", "401", "AccessDenied", "Forbidden", "Unauthorized", "PERMISSION_DENIED")):
         why = f"no permission to write to {bucket}; grant write access or choose another bucket"
     else:
         why = (f"{bucket} cannot be reached ({text}); check the network and the endpoint "
@@ -167,15 +168,20 @@ def copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
         as_path(dst).write_bytes(as_path(src).read_bytes())
 
 
-def upload_tree(local: pathlib.Path, url: str | os.PathLike) -> None:
-    """Replace the folder `url` by the local folder `local` (what was there is deleted first)."""
+def upload_tree(local: pathlib.Path, url: str | os.PathLike, last: str | None = None) -> None:
+    """Replace the folder `url` by the local folder `local` (what was there is deleted first);
+    the file named `last` (a manifest readers wait for) is uploaded after all the others."""
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(str(as_path(url)))
+    root = root.rstrip("/")
     try:
         if fs.exists(root):
             fs.rm(root, recursive=True)
-        fs.put(str(local).rstrip("/") + "/", root, recursive=True)
+        files = sorted(p for p in pathlib.Path(local).rglob("*") if p.is_file())
+        files.sort(key=lambda p: p.name == last)  # stable: `last` moves to the end
+        for f in files:
+            fs.put_file(str(f), f"{root}/{f.relative_to(local).as_posix()}")
     except Exception as e:
         raise storage_error(url, e, "writing to") from e
 

@@ -22,7 +22,6 @@ the mean of all old rows under every method.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from cpt_jax.errors import UserError
 from cpt_jax.hf import load_hf_params, read_hf_config
 from cpt_jax.model.config import ModelConfig
 from cpt_jax.model.params import abstract_params
+from cpt_jax.storage import absolute, as_path, copy, local_copy
 
 INITS = ("mean", "mean-all", "random")
 SPM_SPECIAL = (2, 3, 6)  # sentencepiece piece types UNKNOWN, CONTROL, BYTE: no surface text to split
@@ -125,10 +125,11 @@ def _hf_vocab(path: Path) -> Vocab:
 
 def read_vocab(path: str | Path) -> Vocab:
     """A sentencepiece .model or a Hugging Face tokenizer.json."""
-    path = Path(path)
+    path = as_path(path)
     if not path.is_file():
         raise UserError(f"tokenizer {path} does not exist; pass a sentencepiece .model or a tokenizer.json")
-    return _hf_vocab(path) if path.suffix == ".json" else _sentencepiece_vocab(path)
+    local = local_copy(path)  # a file in a bucket: its cached copy (the tokenizer libraries open local files)
+    return dataclasses.replace(_hf_vocab(local) if path.suffix == ".json" else _sentencepiece_vocab(local), path=path)
 
 
 def check_extends(old: Vocab, new: Vocab) -> None:
@@ -156,9 +157,9 @@ class Source:
     @classmethod
     def parse(cls, ref: str) -> Source:
         if ref.startswith("hf:"):
-            return cls(Path(ref[3:]), None, True)
+            return cls(absolute(ref[3:]), None, True)
         path, step = parse_ckpt_ref(ref.removeprefix("ckpt:"))
-        path = Path(path)
+        path = absolute(path)
         if not path.exists():
             raise UserError(f"model {path} does not exist; pass a cpt_jax model checkpoint, a run directory "
                             "(optionally @STEP) or a Hugging Face folder")
@@ -171,7 +172,7 @@ class Source:
         """The model's metadata without reading its weights (HF: the import's `source` only)."""
         if self.hf:
             hf = read_hf_config(self.path)
-            return {"source": {"hf_dir": str(self.path.absolute()), "hf_config": hf}}
+            return {"source": {"hf_dir": str(self.path), "hf_config": hf}}
         return read_meta(self.path, self.step)
 
     def load(self) -> tuple[Any, ModelConfig, dict]:
@@ -191,10 +192,10 @@ def find_old_tokenizer(source: Source, meta: dict, prefer_suffix: str) -> Path:
     run_config = source.path / "config.yaml"
     if not source.hf and run_config.is_file():
         configured = ((yaml.safe_load(run_config.read_text()) or {}).get("config") or {}).get("tokenizer")
-        if configured and Path(configured).is_file():
-            return Path(configured)
+        if configured and as_path(configured).is_file():
+            return as_path(configured)
     origin = meta.get("source") or {}
-    folders += [Path(origin[k]) for k in ("tokenizer_dir", "hf_dir") if origin.get(k)]
+    folders += [as_path(origin[k]) for k in ("tokenizer_dir", "hf_dir") if origin.get(k)]
     if source.hf:
         folders.append(source.path)
     names = ("tokenizer.model", "tokenizer.json")
@@ -239,13 +240,13 @@ def _stage_tokenizer(new_path: Path, folder: Path) -> None:
     """The new tokenizer under its canonical name (what export and the tokenizer/ folder expect);
     a tokenizer.json keeps its sibling config files, never another tokenizer's vocabulary."""
     if new_path.suffix == ".json":
-        shutil.copy2(new_path, folder / "tokenizer.json")
+        copy(new_path, folder / "tokenizer.json")
         for name in ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
                      "added_tokens.json", "chat_template.jinja"):
             if (new_path.parent / name).is_file():
-                shutil.copy2(new_path.parent / name, folder / name)
+                copy(new_path.parent / name, folder / name)
     else:
-        shutil.copy2(new_path, folder / "tokenizer.model")
+        copy(new_path, folder / "tokenizer.model")
 
 
 def extend_vocab(model_path: str | Path, tokenizer_path: str | Path, out_dir: str | Path, init: str = "mean",
@@ -259,9 +260,9 @@ def extend_vocab(model_path: str | Path, tokenizer_path: str | Path, out_dir: st
     if pad_multiple < 1:
         raise UserError(f"pad_multiple must be at least 1, got {pad_multiple}")
     source = Source.parse(str(model_path))
-    new_path = Path(tokenizer_path)
-    out = Path(out_dir).absolute()
-    check_output_dir(out, overwrite, source.path, new_path, *([Path(old_tokenizer)] if old_tokenizer else []))
+    new_path = absolute(tokenizer_path)
+    out = absolute(out_dir)
+    check_output_dir(out, overwrite, source.path, new_path, *([absolute(old_tokenizer)] if old_tokenizer else []))
     meta = source.meta()
     new = read_vocab(new_path)
     old = read_vocab(old_tokenizer or find_old_tokenizer(source, meta, new_path.suffix))
@@ -288,7 +289,7 @@ def extend_vocab(model_path: str | Path, tokenizer_path: str | Path, out_dir: st
     record = {"tokenizer_size": new.size, "padded_size": rows, "old_tokenizer_size": old.size,
               "old_vocab_size": cfg.vocab_size, "new_tokens": new.size - old.size, "init": init,
               "unsplit_tokens": sum(1 for p in pieces if not p), "pad_multiple": pad_multiple,
-              "from": str(source.path.absolute()), "from_step": meta.get("step")}
+              "from": str(source.path), "from_step": meta.get("step")}
     with tempfile.TemporaryDirectory() as staged:
         _stage_tokenizer(new_path, Path(staged))
         return save_model_checkpoint(out, params, new_cfg, {"source": origin, "vocab": record},

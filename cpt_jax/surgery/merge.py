@@ -4,7 +4,6 @@ tensor by tensor (host memory: one tensor of each input plus the merge's scratch
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 import warnings
 from contextlib import ExitStack
@@ -24,6 +23,7 @@ from cpt_jax.checkpoint.model_checkpoint import (
 from cpt_jax.errors import UserError
 from cpt_jax.hf.importer import import_hf
 from cpt_jax.hf.safetensors_io import parse_size
+from cpt_jax.storage import absolute, copy, is_remote
 from cpt_jax.surgery import merge_methods as mm
 from cpt_jax.surgery.recipe import (
     METHOD_PARAMETERS,
@@ -138,7 +138,7 @@ def _write_config_and_tokenizer(ref, tokenizer_src, out: Path, out_dtype: np.dty
                       "config only",
                       stacklevel=3)
     for f in found:
-        shutil.copy2(f, out / f.name)
+        copy(f, out / f.name)
 
 
 def _merge_to_hf(recipe: Recipe, sources: dict, out: Path, max_bytes: int, seed: int | None, progress: bool) -> None:
@@ -155,8 +155,8 @@ def _merge_to_hf(recipe: Recipe, sources: dict, out: Path, max_bytes: int, seed:
     _write_config_and_tokenizer(ref, sources[recipe.tokenizer_model()], out, out_dtype[names[0]])
 
 
-def _input_path(ref: str) -> Path:
-    return Path(parse_ckpt_ref(ref[len(CKPT_PREFIX):])[0] if ref.startswith(CKPT_PREFIX) else ref)
+def _input_path(ref: str):
+    return absolute(parse_ckpt_ref(ref[len(CKPT_PREFIX):])[0] if ref.startswith(CKPT_PREFIX) else ref)
 
 
 def merge_from_recipe(recipe_path: str | Path, out_dir: str | Path, fmt: str = "hf", overwrite: bool = False,
@@ -168,10 +168,11 @@ def merge_from_recipe(recipe_path: str | Path, out_dir: str | Path, fmt: str = "
         raise UserError(f"unknown output format {fmt!r}; choose one of {', '.join(FORMATS)}")
     recipe = load_recipe(recipe_path)
     max_bytes = parse_size(max_shard_size)
-    out = Path(out_dir).absolute()
+    out = absolute(out_dir)
     protected = [_input_path(e.model) for e in recipe.inputs()]
     check_output_dir(out, overwrite, *protected, *[manager_dir(p) for p in protected])
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if not is_remote(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         sources = {}
         for entry in recipe.inputs():
@@ -182,7 +183,7 @@ def merge_from_recipe(recipe_path: str | Path, out_dir: str | Path, fmt: str = "
             with staged_output(out) as tmp:
                 _merge_to_hf(recipe, sources, tmp, max_bytes, seed, progress)
         else:
-            with tempfile.TemporaryDirectory(prefix=f".{out.name}.merge-", dir=out.parent) as tmp:
+            with tempfile.TemporaryDirectory(prefix=f".{out.name}.merge-", dir=None if is_remote(out) else out.parent) as tmp:
                 _merge_to_hf(recipe, sources, Path(tmp), max_bytes, seed, progress)
                 import_hf(tmp, out, overwrite=overwrite, progress=progress)
     return out

@@ -15,6 +15,7 @@ from cpt_jax.hf.importer import IGNORED_SUFFIXES, read_hf_config
 from cpt_jax.hf.safetensors_io import READABLE_DTYPES, tensor_files, tensor_headers
 from cpt_jax.hf.weights import get_path, mappings, set_path
 from cpt_jax.model.params import abstract_params
+from cpt_jax.storage import as_path, is_remote, local_folder
 
 CKPT_PREFIX = "ckpt:"
 
@@ -70,7 +71,7 @@ class CheckpointSource:
         self._cached: tuple | None = None  # (key path, array) of the stacked weight last read
         source = self.reader.meta.get("source") or {}
         self.hf_config = model_config_to_hf_config(cfg, source.get("hf_config"), dtype="float32")
-        candidates = [Path(path) / "tokenizer", *([Path(source["hf_dir"])] if source.get("hf_dir") else [])]
+        candidates = [as_path(path) / "tokenizer", *([as_path(source["hf_dir"])] if source.get("hf_dir") else [])]
         self.tokenizer_dir = next((c for c in candidates if any((c / n).is_file() for n in TOKENIZER_FILES)), None)
 
     def shape(self, name: str) -> tuple[int, ...]:
@@ -108,9 +109,13 @@ def open_source(ref: str) -> HFSource | CheckpointSource:
     if ref.startswith(CKPT_PREFIX):
         path, step = parse_ckpt_ref(ref[len(CKPT_PREFIX):])
         return CheckpointSource(ref, path, step)
+    if is_remote(ref):  # a folder in a bucket: read from its local cached copy
+        if not (as_path(ref) / "config.json").is_file():
+            raise UserError(f"model {ref!r} is not a Hugging Face folder (no config.json there)")
+        return HFSource(ref, local_folder(ref))
     folder = Path(ref)
     if not folder.is_dir():
-        raise UserError(f"model {ref!r} is not a local folder; merging reads local Hugging Face folders or "
-                        "ckpt:DIR[@STEP] and never downloads (fetch the model first, e.g. with "
-                        "`huggingface-cli download ... --local-dir DIR`, and name DIR)")
+        raise UserError(f"model {ref!r} is not a local folder; merging reads local Hugging Face folders, folders in "
+                        "a bucket (gs://, s3://) or ckpt:DIR[@STEP] and never downloads from a hub (fetch the "
+                        "model first, e.g. with `huggingface-cli download ... --local-dir DIR`, and name DIR)")
     return HFSource(ref, folder)

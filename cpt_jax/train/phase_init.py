@@ -17,13 +17,14 @@ from cpt_jax.errors import UserError
 from cpt_jax.hf import load_hf_params
 from cpt_jax.model.config import ModelConfig
 from cpt_jax.model.params import check_compatible, init_params
+from cpt_jax.storage import as_path
 
 
 def missing_start_point(init: str, where: str) -> str | None:
     """Why a phase's hf:/ckpt: start point cannot be read, or None."""
-    if init.startswith("hf:") and not Path(init[3:]).is_dir():
+    if init.startswith("hf:") and not as_path(init[3:]).is_dir():
         return f"{where}: Hugging Face folder {init[3:]} does not exist"
-    if init.startswith("ckpt:") and not Path(parse_ckpt_ref(init[5:])[0]).exists():
+    if init.startswith("ckpt:") and not as_path(parse_ckpt_ref(init[5:])[0]).exists():
         return f"{where}: checkpoint {parse_ckpt_ref(init[5:])[0]} does not exist"
     return None
 
@@ -48,13 +49,13 @@ def phase_start_params(init: str, model_cfg: ModelConfig, mesh, shardings, seed:
         return previous, None
     if init.startswith("hf:"):
         hf_dir = init[3:]
-        if not Path(hf_dir).is_dir():
+        if not as_path(hf_dir).is_dir():
             raise UserError(f"{where}: Hugging Face folder {hf_dir} does not exist")
         _, params, source = load_hf_params(hf_dir, model_cfg, shardings)
         return params, source
     if init.startswith("ckpt:"):
         path, step = parse_ckpt_ref(init[5:])
-        if not Path(path).exists():
+        if not as_path(path).exists():
             raise UserError(f"{where}: checkpoint {path} does not exist")
         check_compatible(read_model_config(path, step), model_cfg, where)
         params, _, meta = load_model_checkpoint(path, shardings=shardings, step=step)

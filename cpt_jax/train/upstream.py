@@ -3,7 +3,6 @@ that folder's config.json (read as import-hf reads it), so the plan gives only h
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from cpt_jax.config.base import from_dict, to_dict
@@ -11,6 +10,7 @@ from cpt_jax.errors import ConfigError
 from cpt_jax.hf.config_map import hf_config_to_model_config
 from cpt_jax.hf.importer import read_hf_config
 from cpt_jax.model.config import ModelConfig
+from cpt_jax.storage import as_path
 
 # Keys a plan may set over the upstream model: how it runs, not what it is.
 RUN_ONLY = ("dtype", "param_dtype", "remat", "attention", "scan_layers", "scan_unroll", "initializer_range")
@@ -39,7 +39,7 @@ def resolve_upstream_model(plan: dict) -> dict:
     given = plan.get("model") if hf_dir is not None else None
     if hf_dir is None or not isinstance(given if given is not None else {}, dict):
         return plan
-    if not (Path(hf_dir) / "config.json").is_file():
+    if not (as_path(hf_dir) / "config.json").is_file():
         if given is not None:
             return plan
         raise ConfigError("model", f"required key is missing, and phases[0].init hf:{hf_dir} has no config.json "
@@ -47,7 +47,7 @@ def resolve_upstream_model(plan: dict) -> dict:
     upstream = hf_config_to_model_config(read_hf_config(hf_dir))
 
     def contradiction(key: str, mine: Any, theirs: Any) -> ConfigError:
-        return ConfigError(f"model.{key}", f"{mine!r} contradicts the upstream model {Path(hf_dir) / 'config.json'} "
+        return ConfigError(f"model.{key}", f"{mine!r} contradicts the upstream model {as_path(hf_dir) / 'config.json'} "
                                            f"({theirs!r}); phases[0] starts from it, so remove the key (the plan may "
                                            f"set only {', '.join(RUN_ONLY)})")
 
