@@ -208,16 +208,15 @@ def _scores_bwd(spec, residuals, cotangents):
     def tile(dh, x):
         w, i = x
         w = spec.gathered(w, hidden.dtype)
-        w32 = w.astype(jnp.float32)
 
         def chunk_grads(dw, y):
             h, t, lz, gz, gt, dh_c = y
             logits, ids = spec.logits(h, w, i)
             dlogits = gz[..., None] * jnp.exp(logits - lz[..., None]) + jnp.where(ids == t[..., None], gt[..., None], 0.0)
-            # fp32 gradient of the logits against the compute-dtype head and hidden states, as
-            # autodiff of head_logits computes them (the full path's numbers)
-            dh_c = dh_c + jnp.einsum("bcv,dv->bcd", dlogits, w32)
-            dw = dw + jnp.einsum("bcd,bcv->dv", h.astype(jnp.float32), dlogits)
+            # the fp32 gradient of the logits against the compute-dtype head and hidden states (mixed
+            # dots, as autodiff of head_logits makes them: no fp32 copy of the head tile)
+            dh_c = dh_c + jax.lax.dot_general(dlogits, w, (((2,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+            dw = dw + jax.lax.dot_general(h, dlogits, (((0, 1), (0, 1)), ((), ())), preferred_element_type=jnp.float32)
             return spec.constrain(dw, (None, "vocab")), spec.constrain(dh_c, ("batch", "length", "act_embed"))
 
         dw0 = spec.constrain(jnp.zeros(w.shape, jnp.float32), (None, "vocab"))  # this device's rows' share
