@@ -18,6 +18,7 @@ holds ids i, i + tiles, ...), so a vocabulary sharded over `tensor` stays sharde
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Callable
 
 import jax
@@ -84,26 +85,29 @@ def token_scores(hidden: jax.Array, head: jax.Array, targets: jax.Array, chunk: 
     if chunk == length and tiles <= 1:
         logits = constrain(head_logits(hidden, head), ("batch", "length", "act_vocab"))
         return scores_from_logits(logits, targets, greedy)
-    spec = _Tiling(chunk=chunk, tiles=tiles, vocab=head.shape[1], multiple=vocab_multiple, constrain=constrain)
+    spec = _Tiling.of(chunk, tiles, head.shape[1], vocab_multiple, constrain)
     if greedy:  # task scoring: no gradient
         return _forward(spec, hidden, head, targets, greedy=True)
     log_z, target = _scores(spec, hidden, head, targets)
     return {"log_z": log_z, "target": target}
 
 
+@dataclass(frozen=True)
 class _Tiling:
-    """How the head is cut: the row into chunks, the vocabulary into strided tiles."""
+    """How the head is cut: the row into chunks, the vocabulary into `tiles` strided tiles of
+    `width` columns (padded). Hashable: the custom VJP's static argument."""
 
-    def __init__(self, chunk: int, tiles: int, vocab: int, multiple: int, constrain: Constrain):
-        self.chunk, self.tiles, self.vocab, self.constrain = chunk, max(tiles, 1), vocab, constrain
-        step = self.tiles * max(multiple, 1)
-        self.width = -(-vocab // step) * step // self.tiles  # columns per tile (padded)
+    chunk: int
+    tiles: int
+    vocab: int
+    width: int
+    constrain: Constrain
 
-    def __hash__(self):  # a nondiff argument of the custom VJP
-        return hash((self.chunk, self.tiles, self.vocab, self.width, self.constrain))
-
-    def __eq__(self, other):
-        return isinstance(other, _Tiling) and hash(self) == hash(other)
+    @classmethod
+    def of(cls, chunk: int, tiles: int, vocab: int, multiple: int, constrain: Constrain) -> "_Tiling":
+        tiles = max(tiles, 1)
+        step = tiles * max(multiple, 1)
+        return cls(chunk, tiles, vocab, -(-vocab // step) * step // tiles, constrain)
 
     def head_tiles(self, head: jax.Array) -> jax.Array:
         """[D, V] -> [tiles, D, width]; tile i holds vocabulary ids i, i + tiles, ... (zero padded)."""
