@@ -82,6 +82,18 @@ def test_context_parallel_equals_unsharded(tiny_model_cfg, mesh_cfg):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6, rtol=2e-4), grads, want_grads)
 
 
+def test_context_parallel_with_the_head_in_chunks_and_vocabulary_tiles(tiny_model_cfg):
+    """The LM head's custom VJP (chunks of 8, 4 strided vocabulary tiles) on a context-parallel
+    mesh with the vocabulary over `tensor` equals the unsharded full-logits model."""
+    cfg = dataclasses.replace(tiny_model_cfg, remat="full")
+    want_loss, want_grads, _ = reference(cfg, 4, 64, 0)
+    tiled = dataclasses.replace(cfg, logits_chunk=8, logits_vocab_tiles=4)
+    loss, grads, _ = loss_and_grads(tiled, MeshConfig(data=1, fsdp=2, context=2, tensor=2),
+                                    packed_rows(4, 64, cfg.vocab_size))
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6, rtol=2e-4), grads, want_grads)
+
+
 def test_unrolled_layers_and_mha(tiny_model_cfg):
     cfg = dataclasses.replace(tiny_model_cfg, scan_layers=False, num_kv_heads=4, num_layers=1)
     want = reference(cfg, 2, 32, 1)

@@ -92,6 +92,7 @@ class ModelConfig:
     scan_unroll: Optional[int] = None  # scan_layers: blocks per loop iteration; 0: all (no loop); null: auto
     attention: Literal["auto", "blocked", "xla", "cudnn", "splash", "pallas_gpu"] = "auto"  # auto: blocked (CPU), splash (TPU), pallas_gpu (GPU)
     logits_chunk: Optional[int] = None  # LM head and loss over this many positions at a time (never the full logits); 0: full logits; null: auto
+    logits_vocab_tiles: Optional[int] = None  # LM head and loss over this many slices of the vocabulary (one slice of the head gathered, its gradient reduce-scattered per slice); 1: none; null: auto (1 when logits_chunk is 0)
     initializer_range: float = 0.02  # std of the normal init (scratch runs)
 
     def __post_init__(self) -> None:
@@ -140,6 +141,8 @@ class ModelConfig:
         require(self.initializer_range > 0, path, "initializer_range", "must be positive")
         require(self.logits_chunk is None or self.logits_chunk >= 0, path, "logits_chunk",
                 f"must be >= 0 (0: full logits) or null (automatic), got {self.logits_chunk}")
+        require(self.logits_vocab_tiles is None or self.logits_vocab_tiles >= 1, path, "logits_vocab_tiles",
+                f"must be >= 1 (1: the whole vocabulary at once) or null (automatic), got {self.logits_vocab_tiles}")
         require(self.scan_unroll is None or self.scan_unroll >= 0, path, "scan_unroll",
                 f"must be >= 0 (0: every layer in one iteration) or null (automatic), got {self.scan_unroll}")
 

@@ -14,7 +14,7 @@ from flax import nnx
 
 from cpt_jax.model.config import ModelConfig
 from cpt_jax.model.layers import Block, RMSNorm, dtype_of, make_param
-from cpt_jax.model.lm_head import auto_chunk, head_logits, token_scores
+from cpt_jax.model.lm_head import auto_chunk, auto_tiles, head_logits, token_scores
 from cpt_jax.sharding.context import context_size, reorder, restore
 from cpt_jax.sharding.rules import Sharder
 
@@ -98,19 +98,28 @@ class Decoder(nnx.Module):
         """Full fp32 logits [batch, length, vocab] of `hidden`."""
         return self.sharder.constrain(head_logits(hidden, self.head_weight()), ("batch", "length", "act_vocab"))
 
-    def logits_chunk(self, rows: int, length: int) -> int:
-        """Positions per LM-head chunk for [rows, length] batches: cfg.logits_chunk, or automatic
-        (lm_head.auto_chunk of this mesh's rows and vocabulary per device) when null; 0 = none."""
-        if self.cfg.logits_chunk is not None:
-            return self.cfg.logits_chunk
-        return auto_chunk(-(-rows // self.sharder.ways("batch")),
-                          -(-self.cfg.vocab_size // self.sharder.ways("act_vocab")), length)
+    def logits_tiling(self, rows: int, length: int) -> tuple[int, int]:
+        """(positions per LM-head chunk, vocabulary tiles) for [rows, length] batches:
+        cfg.logits_chunk and cfg.logits_vocab_tiles, or automatic when null (lm_head.auto_tiles of
+        the hidden size and the vocabulary per device, then lm_head.auto_chunk of this mesh's rows
+        and one tile per device). logits_chunk 0 with automatic tiles: the full logits, one tile."""
+        cfg = self.cfg
+        vocab = -(-cfg.vocab_size // self.sharder.ways("act_vocab"))
+        tiles = cfg.logits_vocab_tiles
+        if tiles is None:
+            tiles = 1 if cfg.logits_chunk == 0 else auto_tiles(cfg.hidden_size, vocab)
+        tiles = min(tiles, cfg.vocab_size)
+        chunk = cfg.logits_chunk
+        if chunk is None:
+            chunk = auto_chunk(-(-rows // self.sharder.ways("batch")), -(-vocab // tiles), length)
+        return chunk, tiles
 
     def scores(self, hidden: jax.Array, targets: jax.Array, greedy: bool = False) -> dict[str, jax.Array]:
         """Per-token {'log_z', 'target'} (and 'greedy') of `hidden` [B, L, D] against `targets`
-        [B, L], the LM head applied chunk by chunk (lm_head.token_scores): the full logits never exist."""
-        chunk = self.logits_chunk(*targets.shape)
-        return token_scores(hidden, self.head_weight(), targets, chunk, self.sharder.constrain, greedy)
+        [B, L], the LM head applied tile by tile (lm_head.token_scores): the full logits never exist."""
+        chunk, tiles = self.logits_tiling(*targets.shape)
+        return token_scores(hidden, self.head_weight(), targets, chunk, tiles, self.sharder.constrain, greedy,
+                            vocab_multiple=self.sharder.ways("act_vocab"))
 
     def _unrolled(self, x, positions, segment_ids):
         run = _run_block

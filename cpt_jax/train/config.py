@@ -277,10 +277,10 @@ def plan_fingerprint(cfg: RunConfig) -> str:
 
 def plan_dict(cfg: RunConfig) -> dict:
     """The plain form of a plan as runs compare it. The layer layout (model.scan_layers, and
-    scan_unroll) and the LM head's chunking (logits_chunk) are how the model compiles, not what it
+    scan_unroll) and the LM head's chunking (logits_chunk, logits_vocab_tiles) are how the model compiles, not what it
     trains: checkpoint restores convert the layout, so they may change."""
     plain = to_dict(cfg)
-    for key in ("scan_layers", "scan_unroll", "logits_chunk"):
+    for key in ("scan_layers", "scan_unroll", "logits_chunk", "logits_vocab_tiles"):
         plain["model"].pop(key, None)
     for phase in plain["phases"]:  # a phase's mesh, like the run's, may change on resumption
         phase.pop("mesh", None)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, Optional
 
 import jax
 import optax
@@ -23,6 +23,7 @@ class OptimizerConfig:
     z_loss: float = 0.0  # weight of log(Z)^2, keeps logits from drifting (PaLM)
     grad_accum: int = 1  # micro-batches per step; the global batch is split evenly
     ema_decay: float = 0.0  # keep an EMA of the weights (e.g. 0.999), evaluated and saved beside them; 0: off
+    mu_dtype: Optional[Literal["bfloat16", "float32"]] = None  # Adam's first moment stored in this dtype (bfloat16 halves it); null: the parameters' dtype. The second moment stays in the parameters' dtype
     decay_norms_and_biases: bool = False  # also decay norm scales and biases (matched by name)
     # Frozen tensors get no gradient, no update and no optimizer state (train/freeze.py).
     freeze: list[str] = field(default_factory=list)  # globs without the layer index (embed, layers.attn.*) and block ranges (layers[0:4], layers[:2].mlp.*)
@@ -67,7 +68,7 @@ def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
     parts = []
     if cfg.grad_clip > 0:
         parts.append(optax.clip_by_global_norm(cfg.grad_clip))
-    parts.append(optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
+    parts.append(optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, mu_dtype=cfg.mu_dtype))
     if cfg.weight_decay > 0:
         parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask))
     return optax.chain(*parts)
