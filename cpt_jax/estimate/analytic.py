@@ -3,7 +3,9 @@
 Parameters, optimizer state and the batch are exact: each array's shard on the most loaded
 device (dimensions split over mesh axes, rounded up as XLA pads an uneven split). Temporaries
 are a model, not a count: gradients, the update, saved activations for the backward pass (by
-remat policy, with flash-style attention that stores no seq x seq matrix) and the logits.
+remat policy, with flash-style attention that stores no seq x seq matrix), the blocks FSDP has
+gathered and one LM-head chunk's logits; two counts per compiler (`compiler_counts`) are fitted
+to the targets' compiled peaks.
 """
 
 from __future__ import annotations
