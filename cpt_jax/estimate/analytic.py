@@ -66,11 +66,11 @@ def saved_width(m: ModelConfig, tensor: int) -> float:
 def compiler_counts(device: str) -> tuple[int, int]:
     """(blocks FSDP holds gathered at once, copies of one block's working set) per device, as
     fitted to the targets' compiled peaks (BUILD.md, "Compiled for real targets"): NVIDIA GPUs
-    (XLA:GPU) 1 and 1; TPU v5p, a megacore chip (two TensorCores on one HBM), 2 and 3; other
+    (XLA:GPU) 1 and 1; TPU v5p, a megacore chip (two TensorCores on one HBM), 2 and 2; other
     TPUs (v6e) and unknown devices 2 and 1."""
     if device.startswith("NVIDIA"):
         return 1, 1
-    return 2, 3 if "v5p" in device else 1
+    return 2, 2 if "v5p" in device else 1
 
 
 def layer_params(m: ModelConfig) -> int:
