@@ -301,7 +301,11 @@ def test_breakdown_reads_the_peak_and_attributes_each_buffer():
 # The compiled peaks recorded by `cpt-jax estimate --target` (BUILD.md, "Compiled for real
 # targets"; the targets' own compilers): file -> (plan, overrides).
 RECORDED = {
-    "estimate_target_llama3.1-8b_tpu-v5p-4x8x8.json": ("llama3.1-8b", []),
+    "estimate_target_llama3.1-8b_tpu-v5p-2x2x1_gbs4.json": ("llama3.1-8b", ["data.global_batch_size=4"]),
+    "estimate_target_llama3.1-8b_tpu-v5p-2x2x1_gbs16.json": ("llama3.1-8b", ["data.global_batch_size=16"]),
+    "estimate_target_llama3.1-8b_tpu-v5p-2x2x4_gbs64.json": ("llama3.1-8b", ["data.global_batch_size=64"]),
+    "estimate_target_llama3.1-70b_tpu-v5p-2x2x4_gbs16.json": ("llama3.1-70b", ["data.global_batch_size=16"]),
+    "estimate_target_llama3.1-8b_tpu-v6e-4x4_gbs16.json": ("llama3.1-8b", ["data.global_batch_size=16"]),
     "estimate_target_llama3.1-8b_h100x64.json": ("llama3.1-8b", []),
     "estimate_target_qwen2.5-7b_h100x64.json": ("qwen2.5-7b", []),
     "estimate_target_llama3.1-70b_h100x64.json": ("llama3.1-70b", []),

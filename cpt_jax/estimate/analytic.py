@@ -3,7 +3,9 @@
 Parameters, optimizer state and the batch are exact: each array's shard on the most loaded
 device (dimensions split over mesh axes, rounded up as XLA pads an uneven split). Temporaries
 are a model, not a count: gradients, the update, saved activations for the backward pass (by
-remat policy, with flash-style attention that stores no seq x seq matrix) and the logits.
+remat policy, with flash-style attention that stores no seq x seq matrix), the blocks FSDP has
+gathered and one LM-head chunk's logits; two counts per compiler (`compiler_counts`) are fitted
+to the targets' compiled peaks.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from jax.sharding import NamedSharding
 
 from cpt_jax.data.pipeline import BATCH_KEYS
 from cpt_jax.model.config import ModelConfig
+from cpt_jax.model.lm_head import auto_chunk
 from cpt_jax.train.config import RunConfig
 from cpt_jax.train.setup import RunSetup
 
@@ -60,35 +63,64 @@ def saved_width(m: ModelConfig, tensor: int) -> float:
     return everything
 
 
-def temporaries(cfg: RunConfig, mesh, params_bytes: int) -> dict[str, int]:
-    """Modelled per-device temporaries of one step, by kind (see `live_temporaries` for how
-    they add up)."""
+def compiler_counts(device: str) -> tuple[int, int]:
+    """(blocks FSDP holds gathered at once, copies of one block's working set) per device, as
+    fitted to the targets' compiled peaks (BUILD.md, "Compiled for real targets"): NVIDIA GPUs
+    (XLA:GPU) 1 and 1; TPU v5p, a megacore chip (two TensorCores on one HBM), 2 and 2; other
+    TPUs (v6e) and unknown devices 2 and 1."""
+    if device.startswith("NVIDIA"):
+        return 1, 1
+    return 2, 2 if "v5p" in device else 1
+
+
+def layer_params(m: ModelConfig) -> int:
+    """Parameters of one transformer block (what FSDP gathers per layer)."""
+    return (m.num_params(include_embeddings=False) - m.hidden_size) // m.num_layers
+
+
+def logits_positions(cfg: RunConfig, rows: int, tensor: int) -> int:
+    """Positions of one row whose logits exist at once: the LM head's chunk (the model's own rule,
+    lm_head.auto_chunk, when `logits_chunk` is null), or the whole row when it is not chunked."""
+    m, length = cfg.model, cfg.data.seq_len
+    chunk = m.logits_chunk if m.logits_chunk is not None else auto_chunk(rows, math.ceil(m.vocab_size / tensor),
+                                                                          length)
+    return length if chunk <= 0 or chunk >= length else chunk
+
+
+def temporaries(cfg: RunConfig, mesh, params_bytes: int, device: str = "") -> dict[str, int]:
+    """Modelled per-device temporaries of one step on `device` (a DeviceKind name), by kind (see
+    `live_temporaries` for how they add up)."""
     m = cfg.model
-    tensor, dp = mesh.shape["tensor"], mesh.shape["data"] * mesh.shape["fsdp"]
+    tensor, fsdp = mesh.shape["tensor"], mesh.shape["fsdp"]
+    dp = mesh.shape["data"] * fsdp
     rows = math.ceil(cfg.data.global_batch_size / cfg.optimizer.grad_accum / dp)
     tokens = rows * cfg.data.seq_len  # of one micro-batch on one device
     act = np.dtype(m.dtype).itemsize
+    blocks, working_sets = compiler_counts(device)
     width = m.num_layers * saved_width(m, tensor)
-    if m.remat == "full":
-        width += saved_width(dataclasses.replace(m, remat="none"), tensor)
+    if m.remat == "full":  # one block recomputed at a time: its values (held working_sets times)
+        width += working_sets * saved_width(dataclasses.replace(m, remat="none"), tensor)
     vocab = m.vocab_size / tensor
-    out = {
+    return {
         "activations": int(tokens * width * act),
-        # fp32 logits and their gradient: what the TPU and GPU compilers keep of the [tokens, V]
-        # buffers (the compute-dtype product is fused into its fp32 copy; --breakdown shows them)
-        "logits": int(tokens * vocab * (4 + 4)),
-        "gradients": params_bytes * (2 if cfg.optimizer.grad_accum > 1 else 1),  # (+ the accumulator)
+        # fp32 logits and their gradient of one LM-head chunk (the whole row when not chunked):
+        # the compilers fuse the compute-dtype product into its fp32 copy
+        "logits": int(rows * logits_positions(cfg, rows, tensor) * vocab * (4 + 4)),
+        # fp32, in the parameters' sharding; with grad_accum the micro-batches add into it in place
+        "gradients": params_bytes,
         "update": params_bytes,  # the AdamW direction before it is applied
+        # FSDP: a block's weights gathered in the compute dtype and its fp32 gradient before the
+        # reduce-scatter, for `blocks` blocks at once
+        "fsdp_layers": blocks * int(layer_params(m) / tensor * (act + 4)) if fsdp > 1 else 0,
     }
-    return out
 
 
 def live_temporaries(t: dict[str, int]) -> int:
-    """The modelled temporaries at the step's peak: the saved activations and the gradients
-    (written from the start of the backward pass) are live together with either the logits
-    (loss and its gradient) or the update (after the backward pass), not both. Calibrated on
-    the compiled peaks of configs/estimate/ (BUILD.md, "Compiled for real targets")."""
-    return t["activations"] + t["gradients"] + max(t["logits"], t["update"])
+    """The modelled temporaries at the step's peak: the saved activations, the gradients and the
+    blocks FSDP has gathered are live together with either one chunk's logits (the LM head's loss
+    and gradient) or the update (after the backward pass), not both. Calibrated on the compiled
+    peaks of configs/estimate/ (BUILD.md, "Compiled for real targets")."""
+    return t["activations"] + t["gradients"] + t["fsdp_layers"] + max(t["logits"], t["update"])
 
 
 def step_flops(cfg: RunConfig) -> dict[str, float]:

@@ -43,13 +43,14 @@ def for_platform(cfg: RunConfig, platform: str) -> RunConfig:
                                                                                            platform)))
 
 
-def analytic(cfg: RunConfig, num_devices: int, phase: int = 0) -> dict[str, Any]:
-    """Per-device counts of phase `phase` from shapes and shardings (no device, no compile)."""
+def analytic(cfg: RunConfig, num_devices: int, phase: int = 0, device: str = "") -> dict[str, Any]:
+    """Per-device counts of phase `phase` from shapes and shardings (no device, no compile); the
+    temporaries as the compiler for `device` (a DeviceKind name, "" if unknown) lays them out."""
     run = cfg.phase_run(phase)
     mesh = abstract_mesh(cfg.mesh, num_devices)
     setup = build_setup(without_data(cfg), mesh, phase=phase)
     state = state_bytes(setup)
-    temps = temporaries(run, mesh, state["params"])
+    temps = temporaries(run, mesh, state["params"], device)
     live = live_temporaries(temps)
     return {"mesh": dict(mesh.shape), **state, "temporaries": live, "temporaries_by_kind": temps,
             "peak": sum(state.values()) + live, **step_flops(run)}
@@ -113,6 +114,7 @@ def estimate_plan(cfg: RunConfig, num_devices: int | None = None, device: str | 
             raise UserError(f"the device count must be positive, got {num_devices}")
         kind, platform = (device_kind(device) if device else None), "cpu"
     cfg = for_platform(cfg, platform)
+    model_device = kind.name if kind else ""
     result: dict[str, Any] = {"devices": num_devices, "model_params": cfg.model.num_params(),
                               "target": _target_dict(info) if info else None, "attention": cfg.model.attention,
                               "phases": [], "note": None}
@@ -123,7 +125,7 @@ def estimate_plan(cfg: RunConfig, num_devices: int | None = None, device: str | 
                                  "global_batch_size": run.data.global_batch_size,
                                  "grad_accum": cfg.optimizer.grad_accum, "rope_theta": run.model.rope_theta,
                                  "tokens_per_step": run.data.global_batch_size * run.data.seq_len,
-                                 "analytic": analytic(cfg, num_devices, i), "compiled": None}
+                                 "analytic": analytic(cfg, num_devices, i, model_device), "compiled": None}
         if compile:
             key = step_signature(cfg, i)
             if key in done:
@@ -196,13 +198,13 @@ def fit(cfg: RunConfig, phase: int, entry: dict, n: int, kind: DeviceKind, mfu: 
         items = {"parameters": a["params"], "optimizer state": a["opt_state"], **a["temporaries_by_kind"]}
         out["biggest"] = max(items, key=items.get)
         out["items"] = items
-        out["changes"] = what_ifs(cfg, run, n, phase)
+        out["changes"] = what_ifs(cfg, run, n, phase, kind.name)
         state = (a["params"] + a["opt_state"]) * n
         out["min_devices_for_state"] = math.ceil(state / usable)
     return out
 
 
-def what_ifs(cfg: RunConfig, run: RunConfig, n: int, phase: int) -> list[dict[str, Any]]:
+def what_ifs(cfg: RunConfig, run: RunConfig, n: int, phase: int, device: str = "") -> list[dict[str, Any]]:
     """The usual changes, each with the analytic per-device peak it would give for the phase, and
     all of them together."""
     changes = list(_changes(run, n))
@@ -214,7 +216,7 @@ def what_ifs(cfg: RunConfig, run: RunConfig, n: int, phase: int) -> list[dict[st
     for what, change in [*changes, *together]:
         entry: dict[str, Any] = {"change": what}
         try:
-            entry["peak_bytes"] = analytic(change(cfg), n, phase)["peak"]
+            entry["peak_bytes"] = analytic(change(cfg), n, phase, device)["peak"]
         except ConfigError as e:  # e.g. the micro-batch no longer splits over the devices
             entry["invalid"] = str(e)
         out.append(entry)

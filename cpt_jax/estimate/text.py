@@ -81,7 +81,7 @@ def _table(a: dict, c: dict | None) -> list[str]:
             ("peak", c.get("peak"), a["peak"])]
     return [f"  {'per device':<26}{'compiled':>16}{'analytic':>16}",
             *[f"  {name:<26}{gb(x):>16}{gb(y):>16}" for name, x, y in rows],
-            "  (analytic temporaries: activations + gradients + the larger of logits and update)"]
+            "  (analytic temporaries: activations + gradients + fsdp_layers + the larger of logits and update)"]
 
 
 def _flops(r: dict, p: dict, c: dict | None) -> list[str]:
