@@ -60,8 +60,9 @@ CLAIMS = {
            "Language Models (arXiv 2501.13453)", "freezing the bottom layers keeps far more of the old ability than "
            "training all layers",
            "an 8-layer trunk per seed pretrained on prose; CPT on code with all layers vs the embeddings and bottom "
-           "half frozen (`freeze`); old ability = held-out prose loss and a 4-way prose cloze task (cpt_jax.tasks, "
-           "built from prose held-out documents)"),
+           "half frozen (`freeze`); old ability = held-out prose loss and a 4-way prose word-order task "
+           "(experiments/tasks.py: the true next six words of a held-out prose document vs three other orders of "
+           "them, scored by cpt_jax.tasks)"),
 }
 
 
@@ -82,6 +83,8 @@ def write(suite: Suite, results: dict, out: Path, plots_dir: Path, argv: list[st
     codes = sorted({(r["commit"], r["clean"]) for r in suite.used.values()})
     lines = [f"# Experiments: the continual pre-training literature, reproduced at small scale"
              f"{' (QUICK smoke size)' if quick else ''}", ""]
+    if set(results) != set(CLAIMS):
+        lines += [f"**Partial report (`--only`): experiments {', '.join(results)} only.**", ""]
     if quick:
         lines += ["**QUICK smoke run (`--quick`): tiny sizes that check the code paths end to end; the numbers and "
                   "verdicts mean nothing about the claims.** The full-size results are experiments/RESULTS.md.", ""]

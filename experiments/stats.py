@@ -141,6 +141,15 @@ def fit_verdict(degenerate: Sequence[str], within: bool | None, stated_error: fl
     return REPRODUCED if within else CONTRADICTED
 
 
+def most(removed: Interval, baseline: Sequence[float], what: str) -> str:
+    """The "removes most of the forgetting" part (share removed > half), not identifiable when the baseline
+    did not forget beyond noise (there is nothing to remove, and the share is a ratio of noise)."""
+    base = interval(baseline)
+    if base.side() <= 0:
+        return f"{NOT_IDENTIFIABLE} (the run without {what} did not forget beyond noise: {base.fmt_plain()})"
+    return directional(removed, +1, MOST)
+
+
 def detectable(intervals: Iterable[Interval]) -> float:
     """The smallest effect an experiment could detect: the widest half-width of its comparisons."""
     return max(iv.half for iv in intervals)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import shutil
 import time
@@ -20,8 +21,11 @@ import yaml
 
 import cache
 import corpora
+import tasks
 
 from cpt_jax.config.base import from_dict
+from cpt_jax.data.config import SourceConfig
+from cpt_jax.data.forecast import epoch_tokens
 from cpt_jax.report import load_run
 from cpt_jax.train.config import RunConfig
 
@@ -59,14 +63,14 @@ class Size:
     deep_intermediate: int = 384
     deep_trunk_steps: int = 400
     freeze_layers: int = 4  # experiment 10: bottom blocks frozen (with the embeddings)
-    task_items: int = 64  # experiment 10: cloze items of the old domain's task
+    task_items: int = 200  # experiment 10: items of the old domain's word-order task
 
 
 FULL = Size()
 QUICK = Size(vocab=512, hidden=32, intermediate=64, layers=1, seq_len=64, batch=20, trunk_steps=40, cpt_steps=30,
              seq_phase_steps=30, warmup=5, eval_every=10, eval_batches=1, dense_first=10, dense_every=2,
              max_files=150, ckpt_every=2, merge_last=4, decay_steps=6, small_epochs=8, deep_hidden=32,
-             deep_intermediate=64, deep_trunk_steps=40, freeze_layers=4, task_items=24)
+             deep_intermediate=64, deep_trunk_steps=40, freeze_layers=4, task_items=48)
 
 
 @dataclass
@@ -80,12 +84,13 @@ class Suite:
     keys: dict[str, str] = field(default_factory=dict)  # run/merge directory -> its cache key
 
     # ----------------------------------------------------------------- data
-    @property
-    def data(self) -> Path:
+    def __post_init__(self) -> None:
         s = self.size
         ident = json.dumps([s.vocab, s.max_files, s.small_epochs, s.seq_len, s.batch, s.cpt_steps, self.source.tree,
-                            self.source.diff, (HERE / "corpora.py").read_text()])
-        return self.work / f"data-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
+                            self.source.diff, (HERE / "corpora.py").read_text(), inspect.getsource(Suite.prepare)])
+        self.data = self.work / f"data-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
+        task = json.dumps([str(self.data), s.task_items, (HERE / "tasks.py").read_text()])
+        self.task_path = self.work / f"tasks-{hashlib.sha256(task.encode()).hexdigest()[:12]}" / "prose_order.jsonl"
 
     def prepare(self) -> None:
         from cpt_jax.data.prepare import PrepareOptions, prepare
@@ -100,10 +105,8 @@ class Suite:
             shutil.rmtree(data)
         t = time.perf_counter()
         counts = corpora.build(corpus, max_files=self.size.max_files or None)
-        s = self.size
-        counts["code_small/train"] = corpora.small_subset(
-            corpus / "code", corpus / "code_small", chars=4 * s.cpt_steps * s.batch * s.seq_len // s.small_epochs)
         print(f"[experiments] corpora: {counts}", flush=True)
+        s = self.size
 
         def lines():
             for domain in corpora.DOMAINS:
@@ -112,16 +115,29 @@ class Suite:
                         yield from json.loads(record)["text"].splitlines()
 
         train_sentencepiece(lines(), data / "tokenizer.model", s.vocab)
-        for domain in (*corpora.DOMAINS, "code_small"):
+
+        def prep(domain: str) -> None:
             prepare(PrepareOptions(inputs=(str(corpus / domain / "train.jsonl"),),
                                    eval_inputs=(str(corpus / domain / "heldout.jsonl"),), out=str(data / domain),
                                    tokenizer=str(data / "tokenizer.model"), read=ReadOptions(field="text"),
                                    eval_docs=0, workers=1, progress=False))
-        from cpt_jax.demo.tasks import write_cloze_tasks
-
-        write_cloze_tasks(corpus, data / "tasks", ("prose",), seed=0, limit=s.task_items)
+        for domain in corpora.DOMAINS:
+            prep(domain)
+        # Experiment 9's small domain: enough code documents for one CPT phase to see it small_epochs times,
+        # sized with the code domain's measured characters per token.
+        chars = sum(len(json.loads(x)["text"]) for x in open(corpus / "code" / "train.jsonl"))
+        per_token = chars / epoch_tokens(SourceConfig(path=str(data / "code")))
+        corpora.small_subset(corpus / "code", corpus / "code_small",
+                             chars=int(per_token * s.cpt_steps * s.batch * s.seq_len / s.small_epochs))
+        prep("code_small")
         self.timings["data"] = time.perf_counter() - t
         (data / "done").write_text(f"{self.timings['data']:.3f}\n")
+
+    def task(self) -> Path:
+        """Experiment 10's word-order task of the prose held-out split (tasks.py)."""
+        if not self.task_path.exists():
+            tasks.word_order_task(self.data / "corpus" / "prose" / "heldout.jsonl", self.task_path, self.size.task_items)
+        return self.task_path
 
     def sources(self, *names: str) -> dict:
         return {d: {"kind": "prepared", "path": str(self.data / d)} for d in (names or corpora.DOMAINS)}
@@ -241,11 +257,11 @@ class Suite:
         return f"ckpt:{run_dir}@{steps}"
 
     def task_eval(self, deep: bool) -> dict:
-        """Experiment 10's plans score the old domain's cloze task at every eval (start and end only)."""
+        """Experiment 10's plans score the old domain's word-order task at every eval (start and end only)."""
         if not deep:
             return {}
         return {"eval": {"every": 1000000, "dense_first": 0, "dense_every": 0,
-                         "tasks": [{"name": "prose_cloze", "path": str(self.data / "tasks" / "prose_cloze.jsonl")}]}}
+                         "tasks": [{"name": "prose_order", "path": str(self.task())}]}}
 
     def branch(self, experiment: str, ratio: float, peak: float, seed: int) -> Path:
         """A CPT phase on code from the trunk of `seed`: `ratio` prose replay, re-warm to `peak` (0: none)."""

@@ -80,6 +80,32 @@ def test_degenerate_fit_is_not_identifiable():
     assert stats.fit_verdict((), False, 0.01, 0.5) == CONTRADICTED
 
 
+def test_most_needs_forgetting_to_remove():
+    removed = stats.interval([0.80, 0.82, 0.81])
+    assert stats.most(removed, [0.8, 0.9, 0.85], "replay") == REPRODUCED
+    assert stats.most(stats.interval([0.30, 0.31, 0.29]), [0.8, 0.9, 0.85], "replay") == CONTRADICTED
+    # the baseline did not forget beyond noise: a share of it removed is a ratio of noise
+    assert stats.most(removed, [-0.12, 0.05, -0.2], "injection").startswith(NOT_IDENTIFIABLE)
+
+
+def test_word_order_task(tmp_path):
+    import json
+
+    import tasks
+
+    words = [f"w{i}" for i in range(200)]
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("".join(json.dumps({"text": " ".join(words[k:k + 70])}) + "\n" for k in range(0, 120, 10))
+                       + json.dumps({"text": "too short"}) + "\n")
+    out = tmp_path / "t" / "order.jsonl"
+    assert tasks.word_order_task(heldout, out, items=20) == 20
+    for row in map(json.loads, out.read_text().splitlines()):
+        gold = row["choices"][row["gold"]].split()
+        ctx = row["context"].split()
+        assert len(ctx) == 24 and gold == words[int(ctx[-1][1:]) + 1:int(ctx[-1][1:]) + 7]  # the true next words
+        assert len(set(row["choices"])) == 4 and all(sorted(c.split()) == sorted(gold) for c in row["choices"])
+
+
 def test_detectable_effect_is_the_widest_half_width():
     a, b = stats.interval([1.0, 2.0, 3.0]), stats.interval([1.0, 1.1, 1.2])
     assert stats.detectable([a, b]) == a.half
