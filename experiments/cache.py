@@ -65,7 +65,9 @@ def read_record(run_dir: Path) -> dict | None:
         return None
 
 
-def write_record(run_dir: Path, key: str, source: SourceId, seconds: float) -> dict:
-    record = {"key": key, "seconds": seconds, **asdict(source)}
+def write_record(run_dir: Path, key: str, source: SourceId, seconds: float, cpu_seconds: float | None = None) -> dict:
+    """Mark `run_dir` as made under `key`: wall seconds, and the process's CPU seconds (all threads),
+    which bound the wall time of the same work on an idle host when the measuring host is shared."""
+    record = {"key": key, "seconds": seconds, "cpu_seconds": cpu_seconds, **asdict(source)}
     (Path(run_dir) / CACHE_FILE).write_text(json.dumps(record, indent=1) + "\n")
     return record

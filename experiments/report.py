@@ -123,14 +123,19 @@ def write(suite: Suite, results: dict, out: Path, plots_dir: Path, argv: list[st
         if res.get("plot"):
             lines += ["", f"![{name}]({rel}/{res['plot']})"]
     lines += ["", "## Runtime (training time charged to whatever first needed a run)", ""]
-    lines += [f"- {k}: {v / 60:.1f} min" for k, v in suite.timings.items()]
+    lines += [f"- {k}: {v / 60:.1f} min wall, {suite.cpu.get(k, 0.0) / 60:.1f} min CPU" for k, v in suite.timings.items()]
+    lines += ["", f"Total: {sum(suite.timings.values()) / 60:.1f} min wall, {sum(suite.cpu.values()) / 60:.1f} min CPU "
+              "(the process's CPU time over all its threads: on a shared host the wall time includes waiting for "
+              "the cores; for this CPU-bound work the CPU time is close to, and on 2 cores above, the wall time of an idle "
+              "host)."]
     lines += ["", "## Every run used, and the code that trained it", "",
               "Runs are cached by a hash of (plan, cpt_jax source tree and uncommitted diff, parent runs' keys); a "
               "change to any of these retrains the run (experiments/cache.py).", "",
-              "| run | first used by | trained at commit | tree | minutes |", "|---|---|---|---|---|"]
+              "| run | first used by | trained at commit | tree | wall min | CPU min |", "|---|---|---|---|---|---|"]
     for name, r in sorted(suite.used.items()):
         tree = "clean" if r["clean"] else f"dirty (diff {r['diff'][:8]})"
-        lines.append(f"| {name} | {r['experiment']} | {r['commit']} | {tree} | {r['seconds'] / 60:.2f} |")
+        cpu = "-" if r.get("cpu_seconds") is None else f"{r['cpu_seconds'] / 60:.2f}"
+        lines.append(f"| {name} | {r['experiment']} | {r['commit']} | {tree} | {r['seconds'] / 60:.2f} | {cpu} |")
     out.write_text("\n".join(lines) + "\n")
     return out
 

@@ -80,6 +80,7 @@ class Suite:
     seeds: tuple[int, ...] = SEEDS
     source: cache.SourceId = field(default_factory=lambda: cache.source_id(REPO))
     timings: dict[str, float] = field(default_factory=dict)  # training seconds charged per experiment
+    cpu: dict[str, float] = field(default_factory=dict)  # ... and their CPU seconds (all threads)
     used: dict[str, dict] = field(default_factory=dict)  # run name -> its cache record (the report's provenance)
     keys: dict[str, str] = field(default_factory=dict)  # run/merge directory -> its cache key
 
@@ -182,15 +183,16 @@ class Suite:
         record = cache.read_record(out)
         if record is None or record.get("key") != key:
             if out.exists():
-                print(f"[experiments] {name}: stale (code or plan changed): retraining", flush=True)
+                print(f"[experiments] {name}: no finished run of this code and plan: retraining", flush=True)
                 shutil.rmtree(out)
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             make()
-            record = cache.write_record(out, key, self.source, time.perf_counter() - t)
+            record = cache.write_record(out, key, self.source, time.perf_counter() - t, time.process_time() - cpu)
         self.keys[str(out.absolute())] = key
         if name not in self.used:
             self.used[name] = {**record, "experiment": experiment}
             self.timings[experiment] = self.timings.get(experiment, 0.0) + float(record["seconds"])
+            self.cpu[experiment] = self.cpu.get(experiment, 0.0) + float(record.get("cpu_seconds") or 0.0)
         return out
 
     def run(self, name: str, plan: dict, experiment: str) -> Path:
@@ -206,7 +208,9 @@ class Suite:
 
         def make():
             print(f"[experiments] {experiment}: training {name} ({cfg.total_steps} steps)", flush=True)
-            train(cfg, progress=False)
+            summary = train(cfg, progress=False)
+            if "stopped_at" in summary:  # SIGTERM/preemption: saved, not finished; never cache it as done
+                raise SystemExit(f"[experiments] {name} stopped at step {summary['stopped_at']}; rerun to train it again")
         return self._cached(name, Path(plan["run_dir"]), key, experiment, make)
 
     def merge(self, name: str, run_dir: Path, steps: list[int], experiment: str) -> Path:

@@ -147,7 +147,7 @@ def test_cache_key_follows_code_plan_and_parents(tmp_path):
 
 def test_cache_record_round_trip(tmp_path):
     sid = cache.SourceId("t" * 40, "abc1234", True)
-    cache.write_record(tmp_path, "k", sid, 12.5)
-    assert cache.read_record(tmp_path) == {"key": "k", "seconds": 12.5, "tree": "t" * 40, "commit": "abc1234",
+    cache.write_record(tmp_path, "k", sid, 12.5, 20.0)
+    assert cache.read_record(tmp_path) == {"key": "k", "seconds": 12.5, "cpu_seconds": 20.0, "tree": "t" * 40, "commit": "abc1234",
                                            "clean": True, "diff": ""}
     assert cache.read_record(tmp_path / "missing") is None
