@@ -59,8 +59,8 @@ class Size:
     decay_steps: int = 30  # experiments 7-8: length of a decay branch
     small_epochs: int = 16  # experiment 9: epochs over the small domain in one CPT phase
     deep_layers: int = 8  # experiment 10's model
-    deep_hidden: int = 128
-    deep_intermediate: int = 384
+    deep_hidden: int = 96  # narrower than the 2-layer model so that 8 layers fit the two-hour budget
+    deep_intermediate: int = 256
     deep_trunk_steps: int = 400
     freeze_layers: int = 4  # experiment 10: bottom blocks frozen (with the embeddings)
     task_items: int = 200  # experiment 10: items of the old domain's word-order task
