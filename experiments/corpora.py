@@ -48,3 +48,19 @@ def build(out: Path, max_files: int | None = None, heldout_fraction: float = 0.0
     for f in files.values():
         f.close()
     return counts
+
+
+def small_subset(src: Path, out: Path, chars: int) -> int:
+    """A small domain for many-epoch CPT (experiment 9): the first training documents of `src`
+    up to `chars` characters, with `src`'s held-out split. Returns the number of documents."""
+    out.mkdir(parents=True, exist_ok=True)
+    kept, total = [], 0
+    with open(src / "train.jsonl") as f:
+        for line in f:
+            if total >= chars:
+                break
+            kept.append(line)
+            total += len(json.loads(line)["text"])
+    (out / "train.jsonl").write_text("".join(kept))
+    (out / "heldout.jsonl").write_text((src / "heldout.jsonl").read_text())
+    return len(kept)
