@@ -263,6 +263,10 @@ class _ErrorCapture:
 def _raised_in_orbax(record: logging.LogRecord) -> bool:
     if "orbax" in record.pathname:
         return True
+    if record.name == "asyncio" and "tensorstore_spec=" in str(record.exc_info[1]):
+        # a tensorstore write orbax awaited in a task that its failed save abandoned: asyncio
+        # logs "Future exception was never retrieved" with no orbax frame in the traceback
+        return True
     tb = record.exc_info[1].__traceback__
     while tb is not None:
         if "orbax" in tb.tb_frame.f_code.co_filename:
