@@ -109,6 +109,7 @@ def _train_step(cfg, mesh_cfg, opt):
     return mesh, new_train_state(tx, params, st_sh), step
 
 
+@pytest.mark.slow  # over 20 s on CI's 2 cores: `make test-slow` runs it
 def test_train_step_with_grad_accumulation_equals_full_logits(tiny_model_cfg):
     batch = _batch(rows=16)
     opt = OptimizerConfig(grad_accum=2, z_loss=1e-3)

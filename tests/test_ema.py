@@ -60,6 +60,7 @@ def test_ema_update_matches_numpy(tmp_path):
     assert not np.allclose(jax.tree.leaves(got)[0], jax.tree.leaves(params[-1])[0])  # it lags the raw weights
 
 
+@pytest.mark.slow  # over 20 s on CI's 2 cores: `make test-slow` runs it
 def test_ema_is_evaluated_saved_resumed_started_from_and_exported(tmp_path):
     whole, crashed = tmp_path / "whole", tmp_path / "crashed"
     Trainer(cfg_of(whole), progress=False).run()

@@ -59,7 +59,7 @@ def trained(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("scan", [True, False])
+@pytest.mark.parametrize("scan", [True, pytest.param(False, marks=pytest.mark.slow)])  # unrolled: make test-slow
 def test_frozen_parameters_do_not_move_and_hold_no_optimizer_state(trained, scan, capfd):
     run, printed = trained(scan, capfd)
     start, end = saved(run, 4, "params"), saved(run, 8, "params")

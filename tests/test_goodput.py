@@ -25,6 +25,7 @@ def cfg_of(run_dir) -> RunConfig:
     return from_dict(RunConfig, apply_overrides(data, [f"run_dir={run_dir}", "log.every=2"]))
 
 
+@pytest.mark.slow  # over 20 s on CI's 2 cores: `make test-slow` runs it
 def test_time_rows_cover_every_step_and_a_restart_is_counted_as_lost(tmp_path):
     run = tmp_path / "run"
     Trainer(cfg_of(run), progress=False, stop_after=6).run()  # "crashes" after step 6, last save at 4

@@ -93,6 +93,7 @@ def test_log_progress_on_the_library_path(tmp_path, capfd, progress):
     assert ("4/4 [" in err) is progress  # tqdm's bar over the plan's 4 steps
 
 
+@pytest.mark.slow  # over 20 s on CI's 2 cores: `make test-slow` runs it
 def test_log_wandb_on_the_library_path(tmp_path, monkeypatch):
     pytest.importorskip("wandb", reason="wandb is an optional extra: pip install -e '.[wandb]'")
     monkeypatch.delenv("WANDB_MODE", raising=False)

@@ -63,6 +63,7 @@ def state_on(mesh_cfg, model_cfg, tx):
     return mesh, train_state_shardings(tx, shardings, abstract, mesh), abstract
 
 
+@pytest.mark.slow  # over 20 s on CI's 2 cores: `make test-slow` runs it
 def test_train_step_runs_on_two_slices(tiny_model_cfg):
     opt = OptimizerConfig()
     tx = make_optimizer(opt)

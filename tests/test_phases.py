@@ -37,6 +37,7 @@ def grown_phases(open_steps=9):
     return [dict(PLAN["phases"][0], steps=open_steps), APPENDED]
 
 
+@pytest.mark.slow  # over 20 s on CI's 2 cores: `make test-slow` runs it
 def test_a_finished_plan_grows_without_retraining(tmp_path):
     grown, straight = tmp_path / "grown", tmp_path / "straight"
     Trainer(cfg_of(grown), progress=False).run()

@@ -37,6 +37,7 @@ def test_cli_run_writes_a_trace_of_the_chosen_steps(tmp_path, capsys):
     assert events["traceEvents"]
 
 
+@pytest.mark.slow  # over 20 s on CI's 2 cores: `make test-slow` runs it
 def test_a_resume_past_start_step_is_not_traced(tmp_path, capsys):
     plan, raw = write_plan(tmp_path, {"start_step": 1, "steps": 1})
     Trainer(from_dict(RunConfig, {**raw, "profile": {}}), progress=False, stop_after=2).run()  # "crashed" at 2

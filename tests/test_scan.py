@@ -210,6 +210,7 @@ def train_losses(run_dir):
     return {r["step"]: r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train"}
 
 
+@pytest.mark.slow  # over 20 s on CI's 2 cores: `make test-slow` runs it
 def test_run_resumes_in_the_other_layout_both_ways(tmp_path):
     """Step 1 unrolled, step 2 resumed scanned, step 3 resumed unrolled again: the losses match an
     uninterrupted unrolled run, so params and Adam moments survive both conversions (a scratch

@@ -7,6 +7,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from cpt_jax.model.params import abstract_model, init_params, param_shardings
@@ -18,6 +19,7 @@ from cpt_jax.train.task_eval import make_loglik_step
 CONTEXT = 131072
 
 
+@pytest.mark.slow  # over 20 s on CI's 2 cores: `make test-slow` runs it
 def test_short_requests_of_a_long_context_model_score_exactly_in_small_rows(tiny_model_cfg):
     cfg = dataclasses.replace(tiny_model_cfg, max_position_embeddings=CONTEXT, logits_chunk=16)
     mesh = make_mesh(MeshConfig(2, 2, 2))

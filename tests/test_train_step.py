@@ -48,7 +48,9 @@ def test_loss_mask_excludes_padding_and_document_ends():
     assert np.asarray(mask).tolist() == [[True, True, False, True, False, False]]
 
 
-@pytest.mark.parametrize("mesh_cfg", MESHES[1:], ids=str)
+# data-only and fsdp-only meshes are the slow half (make test-slow); the mixed meshes stay fast
+@pytest.mark.parametrize("mesh_cfg", [pytest.param(m, marks=pytest.mark.slow) if m.tensor == 1 else m
+                                      for m in MESHES[1:]], ids=str)
 def test_loss_and_grads_match_single_device(tiny_model_cfg, mesh_cfg):
     batch = packed_batch()
     results = []
@@ -94,6 +96,7 @@ def test_parameters_and_moments_are_sharded_by_the_rules(tiny_model_cfg, mesh_cf
     assert state.params["embed"].sharding.spec[1] == ("fsdp" if mesh.shape["fsdp"] > 1 else None)
 
 
+@pytest.mark.slow  # over 20 s on CI's 2 cores: `make test-slow` runs it
 def test_grad_accumulation_equals_one_big_batch(tiny_model_cfg):
     """Also the per-source loss: source_ids route each row's loss to its source, from the same
     forward pass, equal with and without accumulation and to a separate pass on those rows."""
