@@ -7,10 +7,13 @@ spread across seeds is the noise every comparison is judged against (stats.py).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import inspect
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -178,8 +181,22 @@ class Suite:
                 parents[ref] = self.keys.get(ref) or (cache.read_record(Path(ref)) or {}).get("key", "missing")
         return parents
 
+    @contextlib.contextmanager
+    def _lock(self, name: str):
+        """Workers of `run_experiments.py --jobs 2` share some runs (the trunks): the first that
+        needs one makes it while the other waits, then finds it cached."""
+        path = self.work / "locks" / f"{name}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
     def _cached(self, name: str, out: Path, key: str, experiment: str, make) -> Path:
         """`out` made by `make()` unless a record with `key` says it is already there."""
+        with self._lock(name):
+            return self._cached_locked(name, out, key, experiment, make)
+
+    def _cached_locked(self, name: str, out: Path, key: str, experiment: str, make) -> Path:
         record = cache.read_record(out)
         if record is None or record.get("key") != key:
             if out.exists():
@@ -202,7 +219,9 @@ class Suite:
 
         plans = self.work / "plans"
         plans.mkdir(parents=True, exist_ok=True)
-        (plans / f"{name}.yaml").write_text(yaml.safe_dump(plan, sort_keys=False))
+        tmp = plans / f".{name}.yaml.{os.getpid()}"  # a parallel worker may be reading it
+        tmp.write_text(yaml.safe_dump(plan, sort_keys=False))
+        os.replace(tmp, plans / f"{name}.yaml")
         cfg = from_dict(RunConfig, plan)
         key = cache.run_key(plan, self.source, self._parents(plan))
 
@@ -237,11 +256,12 @@ class Suite:
 
         path = target / "experiment_eval.json"
         key = self.keys[str(target.absolute())] + plan_of
-        if path.exists() and json.loads(path.read_text()).get("key") == key:
-            return json.loads(path.read_text())["heldout"]
-        res = evaluate(str(target), plan=str(self.work / "plans" / f"{plan_of}.yaml"))
-        heldout = {k: float(v["loss"]) for k, v in res["heldout"].items()}
-        path.write_text(json.dumps({"key": key, "heldout": heldout}))
+        with self._lock(f"eval-{target.name}"):
+            if path.exists() and json.loads(path.read_text()).get("key") == key:
+                return json.loads(path.read_text())["heldout"]
+            res = evaluate(str(target), plan=str(self.work / "plans" / f"{plan_of}.yaml"))
+            heldout = {k: float(v["loss"]) for k, v in res["heldout"].items()}
+            path.write_text(json.dumps({"key": key, "heldout": heldout}))
         return heldout
 
     # ----------------------------------------------------------------- the runs every experiment shares
