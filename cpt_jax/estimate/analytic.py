@@ -66,9 +66,10 @@ def saved_width(m: ModelConfig, tensor: int) -> float:
 
 def compiler_counts(device: str) -> tuple[int, int]:
     """(blocks FSDP holds gathered at once, copies of one block's working set) per device, as
-    fitted to the targets' compiled peaks (BUILD.md, "Compiled for real targets"): NVIDIA GPUs
-    (XLA:GPU) 1 and 1; TPU v5p, a megacore chip (two TensorCores on one HBM), 2 and 2; other
-    TPUs (v6e) and unknown devices 2 and 1."""
+    fitted to the targets' compiled peaks (BUILD.md, "Compiled for real targets"; refitted with
+    the vocabulary-tiled head, the same counts): NVIDIA GPUs (XLA:GPU) 1 and 1; TPU v5p, a
+    megacore chip (two TensorCores on one HBM), 2 and 2; other TPUs (v6e) and unknown devices 2
+    and 1."""
     if device.startswith("NVIDIA"):
         return 1, 1
     return 2, 2 if "v5p" in device else 1
@@ -108,11 +109,12 @@ def temporaries(cfg: RunConfig, mesh, params_bytes: int, device: str = "") -> di
         # remat full: the values of the one block being recomputed, held `working_sets` times
         "recomputed_block": int(tokens * working_sets * block * act) if m.remat == "full" else 0,
         # the LM head's backward pass, one vocabulary tile at a time: fp32 logits and their gradient
-        # of one chunk of the tile (the compilers fuse the compute-dtype product into its fp32 copy),
-        # the tile of the head gathered in the compute dtype with its fp32 gradient, and the fp32
-        # gradient of the hidden states that every tile adds into
-        "lm_head": rows * positions * columns * (4 + 4) + m.hidden_size * columns * (act + 4)
-        + tokens * m.hidden_size * 4,
+        # of one chunk of the tile (the compilers fuse the compute-dtype product into its fp32 copy)
+        # and the tile of the head gathered in the compute dtype with its fp32 gradient
+        "lm_head": rows * positions * columns * (4 + 4) + m.hidden_size * columns * (act + 4),
+        # the fp32 gradient of the hidden states that every tile adds into: zero-filled early, it is
+        # live through the layers' loop too (XLA:GPU's live ranges put it at the peak)
+        "hidden_grad": tokens * m.hidden_size * 4,
         # fp32, in the parameters' sharding; with grad_accum the micro-batches add into it in place
         "gradients": params_bytes,
         "update": params_bytes,  # the AdamW direction before it is applied
@@ -122,20 +124,21 @@ def temporaries(cfg: RunConfig, mesh, params_bytes: int, device: str = "") -> di
     }
 
 
-LIVE = "the larger of activations + gradients + recomputed_block + fsdp_layers + update and activations + " \
-       "gradients + lm_head"
+LIVE = ("activations + gradients + hidden_grad + the larger of recomputed_block + fsdp_layers + update "
+        "and lm_head")
 
 
 def live_temporaries(t: dict[str, int]) -> int:
     """The modelled temporaries at the step's peak (LIVE), the larger of two moments. In the layers'
-    loop the saved activations and the gradients are live with the block being recomputed and the
-    blocks FSDP has gathered, and (as fitted) one more parameter-sized fp32 buffer, the update's.
-    The LM head runs between the layers' forward and backward passes: its buffers are live with
-    the saved activations and the gradients only (on XLA:GPU a small plan's compiled temporaries
-    stay the same whatever the head's chunk and tiles, tests/accel/test_calibration.py). Calibrated
-    on the compiled peaks of configs/estimate/ (BUILD.md, "Compiled for real targets")."""
-    layers = t["activations"] + t["gradients"] + t["recomputed_block"] + t["fsdp_layers"] + t["update"]
-    return max(layers, t["activations"] + t["gradients"] + t["lm_head"])
+    loop the saved activations, the gradients and the head's hidden-state gradient are live with
+    the block being recomputed and the blocks FSDP has gathered, and (as fitted) one more
+    parameter-sized fp32 buffer, the update's. The LM head runs between the layers' forward and
+    backward passes: its tile's buffers are live with the saved activations and the gradients only
+    (on XLA:GPU a small plan's compiled temporaries stay the same whatever the head's chunk and
+    tiles, tests/accel/test_calibration.py). Calibrated on the compiled peaks of configs/estimate/
+    (BUILD.md, "Compiled for real targets")."""
+    layers = t["recomputed_block"] + t["fsdp_layers"] + t["update"]
+    return t["activations"] + t["gradients"] + t["hidden_grad"] + max(layers, t["lm_head"])
 
 
 def step_flops(cfg: RunConfig) -> dict[str, float]:
