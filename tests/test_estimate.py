@@ -298,6 +298,26 @@ def test_breakdown_reads_the_peak_and_attributes_each_buffer():
     assert classify("jit(step_fn)/transpose(jvp())/exp", "f32", (2, 3, 64), params, vocab) == "activations"
 
 
+@pytest.mark.parametrize("overrides, expected", [
+    ([], (8192, 8016)),  # automatic: 16 tiles of 8016 columns, so one row of 8192 fits the chunk budget
+    (["model.logits_vocab_tiles=1"], (512, 128256)),  # one tile: the automatic chunk shrinks to 512
+    (["model.logits_chunk=0"], (8192, 128256)),  # the full logits: the whole row, one tile
+    (["model.logits_chunk=1024", "model.logits_vocab_tiles=4"], (1024, 32064)),
+])
+def test_analytic_lm_head_follows_the_models_tiling(overrides, expected):
+    """The estimate's LM-head term is cut as the model cuts the head (decoder.logits_tiling): Llama-3.1-8B
+    on 64 devices, one row of 8192 per device."""
+    from cpt_jax.estimate.analytic import head_tile, temporaries
+    from cpt_jax.sharding.mesh import abstract_mesh
+
+    cfg = load_run_config(ROOT / "configs" / "estimate" / "llama3.1-8b.yaml", ["data.global_batch_size=64", *overrides])
+    mesh = abstract_mesh(cfg.mesh, 64)
+    assert head_tile(cfg, mesh) == expected
+    positions, columns = expected
+    t = temporaries(cfg, mesh, params_bytes=0)
+    assert t["lm_head"] == positions * columns * 8 + cfg.model.hidden_size * columns * 6
+
+
 # The compiled peaks recorded by `cpt-jax estimate --target` (BUILD.md, "Compiled for real
 # targets"; the targets' own compilers, with the LM head in vocabulary tiles): file under
 # benchmarks/results/ -> (plan, overrides).
