@@ -134,9 +134,9 @@ def live_temporaries(t: dict[str, int]) -> int:
     the block being recomputed and the blocks FSDP has gathered, and (as fitted) one more
     parameter-sized fp32 buffer, the update's. The LM head runs between the layers' forward and
     backward passes: its tile's buffers are live with the saved activations and the gradients only
-    (on XLA:GPU a small plan's compiled temporaries stay the same whatever the head's chunk and
-    tiles, tests/accel/test_calibration.py). Calibrated on the compiled peaks of configs/estimate/
-    (BUILD.md, "Compiled for real targets")."""
+    (on XLA:GPU the small calibration plan's compiled temporaries stay the same whatever the head's
+    chunk and tiles). Calibrated on the compiled peaks of configs/estimate/ (BUILD.md, "Compiled
+    for real targets")."""
     layers = t["recomputed_block"] + t["fsdp_layers"] + t["update"]
     return t["activations"] + t["gradients"] + t["hidden_grad"] + max(layers, t["lm_head"])
 
