@@ -4,8 +4,8 @@ Parameters, optimizer state and the batch are exact: each array's shard on the m
 device (dimensions split over mesh axes, rounded up as XLA pads an uneven split). Temporaries
 are a model, not a count: gradients, the update, saved activations for the backward pass (by
 remat policy, with flash-style attention that stores no seq x seq matrix), the blocks FSDP has
-gathered and one LM-head chunk's logits; two counts per compiler (`compiler_counts`) are fitted
-to the targets' compiled peaks.
+gathered and the LM head's buffers of one vocabulary tile; two counts per compiler
+(`compiler_counts`) are fitted to the targets' compiled peaks.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from jax.sharding import NamedSharding
 
 from cpt_jax.data.pipeline import BATCH_KEYS
 from cpt_jax.model.config import ModelConfig
-from cpt_jax.model.lm_head import auto_chunk
+from cpt_jax.model.decoder import logits_tiling
+from cpt_jax.sharding.rules import Sharder
 from cpt_jax.train.config import RunConfig
 from cpt_jax.train.setup import RunSetup
 
@@ -65,9 +66,10 @@ def saved_width(m: ModelConfig, tensor: int) -> float:
 
 def compiler_counts(device: str) -> tuple[int, int]:
     """(blocks FSDP holds gathered at once, copies of one block's working set) per device, as
-    fitted to the targets' compiled peaks (BUILD.md, "Compiled for real targets"): NVIDIA GPUs
-    (XLA:GPU) 1 and 1; TPU v5p, a megacore chip (two TensorCores on one HBM), 2 and 2; other
-    TPUs (v6e) and unknown devices 2 and 1."""
+    fitted to the targets' compiled peaks (BUILD.md, "Compiled for real targets"; refitted with
+    the vocabulary-tiled head, the same counts): NVIDIA GPUs (XLA:GPU) 1 and 1; TPU v5p, a
+    megacore chip (two TensorCores on one HBM), 2 and 2; other TPUs (v6e) and unknown devices 2
+    and 1."""
     if device.startswith("NVIDIA"):
         return 1, 1
     return 2, 2 if "v5p" in device else 1
@@ -78,13 +80,15 @@ def layer_params(m: ModelConfig) -> int:
     return (m.num_params(include_embeddings=False) - m.hidden_size) // m.num_layers
 
 
-def logits_positions(cfg: RunConfig, rows: int, tensor: int) -> int:
-    """Positions of one row whose logits exist at once: the LM head's chunk (the model's own rule,
-    lm_head.auto_chunk, when `logits_chunk` is null), or the whole row when it is not chunked."""
+def head_tile(cfg: RunConfig, mesh) -> tuple[int, int]:
+    """(positions, vocabulary columns) per device of the LM head's logits that exist at once: one
+    chunk of one vocabulary tile, as the model's own rule (decoder.logits_tiling) cuts them on
+    `mesh` for one micro-batch; the whole row when it is not chunked."""
     m, length = cfg.model, cfg.data.seq_len
-    chunk = m.logits_chunk if m.logits_chunk is not None else auto_chunk(rows, math.ceil(m.vocab_size / tensor),
-                                                                          length)
-    return length if chunk <= 0 or chunk >= length else chunk
+    rows = math.ceil(cfg.data.global_batch_size / cfg.optimizer.grad_accum)
+    chunk, tiles = logits_tiling(m, Sharder(mesh), rows, length)
+    vocab = math.ceil(m.vocab_size / mesh.shape["tensor"])
+    return (length if chunk <= 0 or chunk >= length else chunk), math.ceil(vocab / tiles)
 
 
 def temporaries(cfg: RunConfig, mesh, params_bytes: int, device: str = "") -> dict[str, int]:
@@ -97,15 +101,20 @@ def temporaries(cfg: RunConfig, mesh, params_bytes: int, device: str = "") -> di
     tokens = rows * cfg.data.seq_len  # of one micro-batch on one device
     act = np.dtype(m.dtype).itemsize
     blocks, working_sets = compiler_counts(device)
-    width = m.num_layers * saved_width(m, tensor)
-    if m.remat == "full":  # one block recomputed at a time: its values (held working_sets times)
-        width += working_sets * saved_width(dataclasses.replace(m, remat="none"), tensor)
-    vocab = m.vocab_size / tensor
+    block = saved_width(dataclasses.replace(m, remat="none"), tensor)
+    positions, columns = head_tile(cfg, mesh)
     return {
-        "activations": int(tokens * width * act),
-        # fp32 logits and their gradient of one LM-head chunk (the whole row when not chunked):
-        # the compilers fuse the compute-dtype product into its fp32 copy
-        "logits": int(rows * logits_positions(cfg, rows, tensor) * vocab * (4 + 4)),
+        # kept for the backward pass, every layer (by remat policy)
+        "activations": int(tokens * m.num_layers * saved_width(m, tensor) * act),
+        # remat full: the values of the one block being recomputed, held `working_sets` times
+        "recomputed_block": int(tokens * working_sets * block * act) if m.remat == "full" else 0,
+        # the LM head's backward pass, one vocabulary tile at a time: fp32 logits and their gradient
+        # of one chunk of the tile (the compilers fuse the compute-dtype product into its fp32 copy)
+        # and the tile of the head gathered in the compute dtype with its fp32 gradient
+        "lm_head": rows * positions * columns * (4 + 4) + m.hidden_size * columns * (act + 4),
+        # the fp32 gradient of the hidden states that every tile adds into: zero-filled early, it is
+        # live through the layers' loop too (XLA:GPU's live ranges put it at the peak)
+        "hidden_grad": tokens * m.hidden_size * 4,
         # fp32, in the parameters' sharding; with grad_accum the micro-batches add into it in place
         "gradients": params_bytes,
         "update": params_bytes,  # the AdamW direction before it is applied
@@ -115,12 +124,21 @@ def temporaries(cfg: RunConfig, mesh, params_bytes: int, device: str = "") -> di
     }
 
 
+LIVE = ("activations + gradients + hidden_grad + the larger of recomputed_block + fsdp_layers + update "
+        "and lm_head")
+
+
 def live_temporaries(t: dict[str, int]) -> int:
-    """The modelled temporaries at the step's peak: the saved activations, the gradients and the
-    blocks FSDP has gathered are live together with either one chunk's logits (the LM head's loss
-    and gradient) or the update (after the backward pass), not both. Calibrated on the compiled
-    peaks of configs/estimate/ (BUILD.md, "Compiled for real targets")."""
-    return t["activations"] + t["gradients"] + t["fsdp_layers"] + max(t["logits"], t["update"])
+    """The modelled temporaries at the step's peak (LIVE), the larger of two moments. In the layers'
+    loop the saved activations, the gradients and the head's hidden-state gradient are live with
+    the block being recomputed and the blocks FSDP has gathered, and (as fitted) one more
+    parameter-sized fp32 buffer, the update's. The LM head runs between the layers' forward and
+    backward passes: its tile's buffers are live with the saved activations and the gradients only
+    (on XLA:GPU the small calibration plan's compiled temporaries stay the same whatever the head's
+    chunk and tiles). Calibrated on the compiled peaks of configs/estimate/ (BUILD.md, "Compiled
+    for real targets")."""
+    layers = t["recomputed_block"] + t["fsdp_layers"] + t["update"]
+    return t["activations"] + t["gradients"] + t["hidden_grad"] + max(layers, t["lm_head"])
 
 
 def step_flops(cfg: RunConfig) -> dict[str, float]:

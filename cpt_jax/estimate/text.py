@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from cpt_jax.estimate.analytic import LIVE
+
 
 def gb(x: float | None) -> str:
     """Bytes in decimal units (GB = 1e9), scaled to stay readable."""
@@ -81,7 +83,7 @@ def _table(a: dict, c: dict | None) -> list[str]:
             ("peak", c.get("peak"), a["peak"])]
     return [f"  {'per device':<26}{'compiled':>16}{'analytic':>16}",
             *[f"  {name:<26}{gb(x):>16}{gb(y):>16}" for name, x, y in rows],
-            "  (analytic temporaries: activations + gradients + fsdp_layers + the larger of logits and update)"]
+            f"  (analytic temporaries: {LIVE})"]
 
 
 def _flops(r: dict, p: dict, c: dict | None) -> list[str]:

@@ -26,6 +26,23 @@ REMAT_POLICIES = {
 LAYERS_AXIS = "layers"  # logical name of the stacking axis (mapped to no mesh axis)
 
 
+def logits_tiling(cfg: ModelConfig, sharder: Sharder, rows: int, length: int) -> tuple[int, int]:
+    """(positions per LM-head chunk, vocabulary tiles) for [rows, length] batches placed by
+    `sharder`: cfg.logits_chunk and cfg.logits_vocab_tiles, or automatic when null (lm_head.auto_tiles
+    of the hidden size and the vocabulary per device, then lm_head.auto_chunk of the rows per device
+    and one tile per device). logits_chunk 0 with automatic tiles: the full logits, one tile. A
+    function of the config and the mesh alone, so the memory estimate follows the same rule."""
+    vocab = -(-cfg.vocab_size // sharder.ways("act_vocab"))
+    tiles = cfg.logits_vocab_tiles
+    if tiles is None:
+        tiles = 1 if cfg.logits_chunk == 0 else auto_tiles(cfg.hidden_size, vocab)
+    tiles = min(tiles, cfg.vocab_size)
+    chunk = cfg.logits_chunk
+    if chunk is None:
+        chunk = auto_chunk(-(-rows // sharder.ways("batch")), -(-vocab // tiles), length)
+    return chunk, tiles
+
+
 def _run_block(block: Block, x, positions, segment_ids):
     return block(x, positions, segment_ids)
 
@@ -99,20 +116,8 @@ class Decoder(nnx.Module):
         return self.sharder.constrain(head_logits(hidden, self.head_weight()), ("batch", "length", "act_vocab"))
 
     def logits_tiling(self, rows: int, length: int) -> tuple[int, int]:
-        """(positions per LM-head chunk, vocabulary tiles) for [rows, length] batches:
-        cfg.logits_chunk and cfg.logits_vocab_tiles, or automatic when null (lm_head.auto_tiles of
-        the hidden size and the vocabulary per device, then lm_head.auto_chunk of this mesh's rows
-        and one tile per device). logits_chunk 0 with automatic tiles: the full logits, one tile."""
-        cfg = self.cfg
-        vocab = -(-cfg.vocab_size // self.sharder.ways("act_vocab"))
-        tiles = cfg.logits_vocab_tiles
-        if tiles is None:
-            tiles = 1 if cfg.logits_chunk == 0 else auto_tiles(cfg.hidden_size, vocab)
-        tiles = min(tiles, cfg.vocab_size)
-        chunk = cfg.logits_chunk
-        if chunk is None:
-            chunk = auto_chunk(-(-rows // self.sharder.ways("batch")), -(-vocab // tiles), length)
-        return chunk, tiles
+        """(positions per LM-head chunk, vocabulary tiles) for [rows, length] batches on this mesh."""
+        return logits_tiling(self.cfg, self.sharder, rows, length)
 
     def scores(self, hidden: jax.Array, targets: jax.Array, greedy: bool = False) -> dict[str, jax.Array]:
         """Per-token {'log_z', 'target'} (and 'greedy') of `hidden` [B, L, D] against `targets`

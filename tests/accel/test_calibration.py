@@ -3,7 +3,8 @@ model (cpt_jax/estimate/analytic.py) or to what a compiler keeps that breaks the
 fails here. The real plans' rows are in BUILD.md ("Compiled for real targets") and
 tests/test_estimate.py checks the recorded ones; this compiles a small Llama-shaped plan with the
 real plans' settings (fp32 master weights and AdamW, bf16 compute, remat full, scanned layers,
-fsdp over every device, the chunked LM head) so that the same terms carry the peak."""
+fsdp over every device, the LM head in vocabulary tiles with the automatic chunk) so that the
+same terms carry the peak."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-# configs/estimate/llama3.1-8b.yaml shrunk: 8 layers (scanned, not unrolled), GQA 8:2, a vocabulary
-# chunked by 128 positions (the automatic chunk would hold 0.5 GB of logits, most of so small a
-# step), 4 rows of 2048 per device.
+# configs/estimate/llama3.1-8b.yaml shrunk: 8 layers (scanned, not unrolled), GQA 8:2, 4 rows of 2048
+# per device, the head in 8 vocabulary tiles as the plans' automatic tiles cut theirs (at hidden 512
+# the automatic rule keeps one), the automatic chunk (here the whole row: 134 MB of one tile's
+# logits and their gradient, which the layers' loop outweighs).
 SMALL = ["model.hidden_size=512", "model.intermediate_size=2048", "model.num_layers=8", "model.num_heads=8",
          "model.num_kv_heads=2", "model.head_dim=64", "model.vocab_size=16384", "data.seq_len=2048",
-         "model.max_position_embeddings=2048", "model.rope_scaling=null", "model.logits_chunk=128"]
+         "model.max_position_embeddings=2048", "model.rope_scaling=null", "model.logits_vocab_tiles=8"]
 
 
 def _installed(module: str) -> bool:
