@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+needs_tpu = pytest.mark.skipif(not installed("libtpu"), reason="needs the tpu extra (libtpu)")
+needs_cuda = pytest.mark.skipif(not installed("jax_plugins.xla_cuda12"), reason="needs the cuda12 extra")
 
 # A small Llama (GQA 4:2, head_dim 64) and a Qwen3 (qk-norm, head_dim 128 set freely). Every
 # batch carries segment ids (packed documents), so the kernels compile in their segmented form.

@@ -8,10 +8,11 @@ same terms carry the peak."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+
+from compile_fixtures import needs_cuda, needs_tpu
 
 ROOT = Path(__file__).resolve().parents[2]
 # configs/estimate/llama3.1-8b.yaml shrunk: 8 layers (scanned, not unrolled), GQA 8:2, 4 rows of 2048
@@ -23,22 +24,13 @@ SMALL = ["model.hidden_size=512", "model.intermediate_size=2048", "model.num_lay
          "model.max_position_embeddings=2048", "model.rope_scaling=null", "model.logits_vocab_tiles=8"]
 
 
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
-
-
-TPU = pytest.mark.skipif(not _installed("libtpu"), reason="needs the tpu extra (libtpu)")
-CUDA = pytest.mark.skipif(not _installed("jax_plugins.xla_cuda12"), reason="needs the cuda12 extra")
 
 
 @pytest.mark.parametrize("target, devices", [
-    pytest.param("tpu-v5e:2x2", 4, marks=TPU),
-    pytest.param("tpu-v5p:2x2x1", 4, marks=TPU),
-    pytest.param("tpu-v6e:2x2", 4, marks=TPU),
-    pytest.param("h100x8", 8, marks=CUDA),
+    pytest.param("tpu-v5e:2x2", 4, marks=needs_tpu),
+    pytest.param("tpu-v5p:2x2x1", 4, marks=needs_tpu),
+    pytest.param("tpu-v6e:2x2", 4, marks=needs_tpu),
+    pytest.param("h100x8", 8, marks=needs_cuda),
 ])
 def test_analytic_peak_within_15_percent_of_the_compiled_peak(target, devices):
     from cpt_jax.estimate.plan import estimate_plan

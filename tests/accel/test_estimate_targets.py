@@ -4,25 +4,16 @@ Small shapes (a tiny Llama) keep each compile to tens of seconds."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
 
-import pytest
+
+from compile_fixtures import needs_cuda, needs_tpu
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile-only targets: JAX's own devices stay CPU
 
 
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
-
-
-needs_tpu = pytest.mark.skipif(not _installed("libtpu"), reason="needs the tpu extra (libtpu)")
-needs_cuda = pytest.mark.skipif(not _installed("jax_plugins.xla_cuda12"), reason="needs the cuda12 extra")
 ROOT = Path(__file__).resolve().parents[2]
 # configs/tiny.yaml at a row length the kernels take (multiples of 128), head_dim 64, GQA 4:2,
 # and a second phase of twice the row length at half the batch with a new RoPE base.
