@@ -43,8 +43,8 @@ test-slow: $(VENV)/.test
 # Compile-only: the train step for TPU v5e/v5p/v6e slices and 8 H100s (tests/accel), one
 # compiler per process.
 test-accel: .venv-tpu/.accel .venv-cuda/.accel
-	.venv-tpu/bin/python -m pytest -q tests/accel
-	.venv-cuda/bin/python -m pytest -q tests/accel
+	.venv-tpu/bin/python -m pytest -q --durations=15 tests/accel
+	.venv-cuda/bin/python -m pytest -q --durations=15 tests/accel
 
 # Everything CI runs: the CPU suite (fast, then slow), then the compile-only accelerator suite.
 check: test test-slow test-accel
