@@ -309,6 +309,22 @@ CASES = [
     ("train-freeze-unknown-parameter", lambda w: ["train", plan_file(w, "frzname", ("optimizer.freeze",
                                                                                     ["embeddings"]))],
      ["embeddings", "matches no parameter"]),
+    # keys added with the memory, storage and profiling work
+    ("key-logits-vocab-tiles-zero", lambda w: ["schedule", plan_file(w, "tiles0", ("model.logits_vocab_tiles", 0))],
+     ["model.logits_vocab_tiles", ">= 1"]),
+    ("key-logits-chunk-negative", lambda w: ["schedule", plan_file(w, "chunkneg", ("model.logits_chunk", -1))],
+     ["model.logits_chunk", ">= 0"]),
+    ("key-mu-dtype-unknown", lambda w: ["schedule", plan_file(w, "mudtype", ("optimizer.mu_dtype", "float7"))],
+     ["optimizer.mu_dtype", "float32"]),
+    ("key-mesh-context-zero", lambda w: ["schedule", plan_file(w, "ctx0", ("mesh.context", 0))], ["mesh.context"]),
+    ("train-mesh-context-misfit", lambda w: ["train", plan_file(w, "ctx3", ("mesh", {"data": 1, "fsdp": -1, "tensor": 1,
+                                                                                    "context": 3}))],
+     ["mesh"]),
+    ("key-profile-processes", lambda w: ["schedule", plan_file(w, "profproc", ("profile", {
+        "start_step": 1, "steps": 1, "processes": "some"}))], ["profile.processes"]),
+    ("key-profile-start-step-negative", lambda w: ["schedule", plan_file(w, "profneg", ("profile", {
+        "start_step": -2}))], ["profile.start_step"]),
+    ("train-s3-run-dir", lambda w: ["train", plan_file(w, "s3run", ("run_dir", "s3://bkt/run"))], ["s3://", "gs://"]),
     # launch
     ("launch-mesh-not-the-target", lambda w: ["launch", str(w / "plan.yaml"), "--target", "v5p-256", "--slices", "2",
                                               "--format", "gke", "--image", "i", "--out", str(w / "kit1")],

@@ -29,6 +29,15 @@ KEYS_SINCE_WAVE_TWO = {
     "phases[i].rope_scaling (yarn keys)": ["phases.1.rope_scaling={rope_type: yarn, factor: 2.0, beta_fast: 16, "
                                            "beta_slow: 2, attention_factor: 1.1, truncate: false}"],
     "model.scan_unroll": ["model.scan_unroll=1"],
+    # added since issue 25 was filed (a1402c3)
+    "model.qkv_bias/qk_norm (null: the family's)": ["model.family=qwen3", "model.qk_norm=true"],
+    "model.logits_chunk": ["model.logits_chunk=8"],
+    "model.logits_vocab_tiles": ["model.logits_vocab_tiles=2"],
+    "optimizer.mu_dtype": ["optimizer.mu_dtype=bfloat16"],
+    "optimizer.freeze, phases[i].freeze": ["optimizer.freeze=[embed]", "phases.1.freeze=[]"],
+    "mesh.context, phases[i].mesh": ["mesh.context=2", "mesh.fsdp=4",
+                                     "phases.1.mesh={data: 1, fsdp: 8, tensor: 1, context: 1}"],
+    "profile": ["profile.start_step=1", "profile.steps=1", "profile.processes=all"],
 }
 SHORT = ["phases.0.steps=2", "phases.1.steps=2"]
 

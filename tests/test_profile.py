@@ -2,6 +2,8 @@
 
 import gzip
 import json
+import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -48,9 +50,42 @@ def test_a_resume_past_start_step_is_not_traced(tmp_path, capsys):
 
 @pytest.mark.parametrize("profile, key", [({"start_step": 0, "steps": 2}, "profile.start_step"),
                                           ({"steps": -1}, "profile.steps"),
+                                          ({"start_step": -2}, "profile.start_step"),
                                           ({"steps": 1, "start_step": 1, "processes": "some"}, "profile.processes")])
 def test_bad_profile_settings_name_the_key(tmp_path, profile, key):
     _, raw = write_plan(tmp_path, profile)
     with pytest.raises(ConfigError) as err:
         from_dict(RunConfig, raw)
     assert err.value.key == key
+
+
+def test_a_bucket_run_dir_gets_the_trace_uploaded(tmp_path, monkeypatch):
+    """jax.profiler writes only local files: with a gs:// run_dir the trace goes through a local
+    folder and lands under RUN/profile/process-0 in the bucket (an earlier trace stays)."""
+    import fsspec
+    import jax.numpy as jnp
+    from emulators import Emulator
+
+    from cpt_jax.storage.paths import as_path
+    from cpt_jax.train.hooks import StepInfo
+    from cpt_jax.train.profile import ProfileConfig, StepProfiler
+
+    with Emulator("gs") as em:
+        em.make_bucket("bkt")
+        for k, v in em.env().items():
+            monkeypatch.setenv(k, v)
+        traces = []
+        for attempt in range(2):
+            time.sleep(attempt * 1.1)  # jax.profiler names each trace's folder by the second
+            lines = []
+            prof = StepProfiler(ProfileConfig(start_step=1, steps=1), "gs://bkt/run", 0, lines.append)
+            info = StepInfo(step=1, phase=0, phase_step=1, phase_end=False, stopping=False)
+            assert prof.start_due(info)
+            prof.start(info)
+            x = jnp.ones((64, 64)) @ jnp.ones((64, 64))
+            prof.stop(StepInfo(step=2, phase=0, phase_step=2, phase_end=True, stopping=False), x)
+            assert "gs://bkt/run/profile/process-0" in lines[-1]
+            fs, root = fsspec.core.url_to_fs(str(as_path("gs://bkt/run/profile/process-0")))
+            traces = sorted(fs.glob(f"{root}/plugins/profile/*/*.xplane.pb"))
+            assert len(traces) == attempt + 1 and fs.size(traces[-1]) > 0
+        assert not list(tmp_path.glob("gs:*")) and not (Path.cwd() / "gs:").exists()

@@ -208,6 +208,18 @@ def test_missing_bucket_is_one_error_and_writes_nothing(tmp_path):
         assert "gs://missing" in line and "does not exist" in line, line
 
 
+@pytest.mark.slow  # the client retries the refused connection for about a minute
+def test_unreachable_endpoint_is_one_error(tmp_path):
+    """CPT_JAX_GCS_ENDPOINT pointing at nothing (a closed port): one `error:` line that names the
+    bucket and the endpoint variable, exit 2, not the client library's traceback."""
+    from emulators import free_port
+
+    env = {**cli_env(None, tmp_path), "CPT_JAX_GCS_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
+    synthetic_plan("gs://bkt/run", tmp_path)
+    line = one_error(cli(env, tmp_path, "train", "plan.yaml", "--no-progress"))
+    assert "gs://bkt" in line and "cannot be reached" in line and "CPT_JAX_GCS_ENDPOINT" in line, line
+
+
 def bucket_objects(em: Emulator, bucket: str) -> list[str]:
     """The names of the objects in a bucket, listed through the emulator's API."""
     import urllib.request

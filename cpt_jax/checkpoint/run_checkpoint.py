@@ -69,14 +69,19 @@ def _shardings(abstract: Any) -> Any:
     return jax.tree.map(lambda x: x.sharding, abstract)
 
 
+def check_checkpoint_location(run_dir: str | Path) -> None:
+    """Refuse s3:// for checkpoints before anything touches the bucket."""
+    if str(run_dir).startswith("s3://"):
+        raise StorageError(f"run_dir {run_dir}: checkpoints cannot be written to s3:// (orbax {ocp.__version__} "
+                           "hands only local and gs:// paths to tensorstore); use gs:// or a shared filesystem "
+                           "for run_dir (prepared data and HF folders may be on s3://)")
+
+
 class RunCheckpointer:
     def __init__(self, run_dir: str | Path, cfg: CheckpointConfig, read_only: bool = False):
         """read_only: another run's checkpoints (a branch's parent, possibly still training):
         nothing is created, cleaned up or deleted there."""
-        if str(run_dir).startswith("s3://"):
-            raise StorageError(f"run_dir {run_dir}: checkpoints cannot be written to s3:// (orbax {ocp.__version__} "
-                               "hands only local and gs:// paths to tensorstore); use gs:// or a shared filesystem "
-                               "for run_dir (prepared data and HF folders may be on s3://)")
+        check_checkpoint_location(run_dir)
         self.directory = absolute(run_dir) / "checkpoints"
         remote = is_remote(self.directory)
         if remote and not read_only and jax.process_index() == 0:

@@ -101,6 +101,18 @@ def storage_error(path: object, error: BaseException, doing: str) -> StorageErro
     return StorageError(f"{doing} {path} failed: {why}")
 
 
+def check_reachable(path: str | os.PathLike) -> None:
+    """Look `path` up once (a URL): an unreachable endpoint or a refused read is one StorageError,
+    not the client library's traceback from whichever call came first."""
+    p = as_path(path)
+    if not is_remote(p):
+        return
+    try:
+        p.exists()
+    except Exception as e:  # noqa: BLE001 - gcsfs/s3fs raise OSError, botocore and aiohttp their own
+        raise storage_error(p, e, "reading") from e
+
+
 def check_writable(directory: str | os.PathLike) -> None:
     """Write and delete a small object under `directory` (a URL): a missing bucket, no write
     permission or an unreachable endpoint is one StorageError before any work starts."""
@@ -168,15 +180,16 @@ def copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
         as_path(dst).write_bytes(as_path(src).read_bytes())
 
 
-def upload_tree(local: pathlib.Path, url: str | os.PathLike, last: str | None = None) -> None:
-    """Replace the folder `url` by the local folder `local` (what was there is deleted first);
-    the file named `last` (a manifest readers wait for) is uploaded after all the others."""
+def upload_tree(local: pathlib.Path, url: str | os.PathLike, last: str | None = None, replace: bool = True) -> None:
+    """Replace the folder `url` by the local folder `local` (with `replace`, what was there is
+    deleted first; without, files are added beside it); the file named `last` (a manifest readers
+    wait for) is uploaded after all the others."""
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(str(as_path(url)))
     root = root.rstrip("/")
     try:
-        if fs.exists(root):
+        if replace and fs.exists(root):
             fs.rm(root, recursive=True)
         files = sorted(p for p in pathlib.Path(local).rglob("*") if p.is_file())
         files.sort(key=lambda p: p.name == last)  # stable: `last` moves to the end

@@ -21,12 +21,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from cpt_jax.checkpoint.run_checkpoint import RunCheckpointer
+from cpt_jax.checkpoint.run_checkpoint import RunCheckpointer, check_checkpoint_location
 from cpt_jax.config.base import to_dict
 from cpt_jax.distributed import processes_where
 from cpt_jax.errors import TrainingDiverged
 from cpt_jax.sharding.placement import host_row_range, to_global_batch
-from cpt_jax.storage import absolute
+from cpt_jax.storage import absolute, check_reachable
 from cpt_jax.train.config import RunConfig, load_run_config, plan_fingerprint
 from cpt_jax.train.hooks import Hooks, StepInfo
 from cpt_jax.train.launch import launch
@@ -155,6 +155,8 @@ class Trainer:
     # ----------------------------------------------------------------- the run
     def run(self) -> dict:
         cfg, setup = self.cfg, self.setup
+        check_checkpoint_location(cfg.run_dir)
+        check_reachable(cfg.run_dir)  # a wrong endpoint: one error line, before the run reads anything there
         if self.force_new or not holds_checkpoints(cfg.run_dir):  # a fresh start: its inputs exist?
             check_start_points([p.init for p in cfg.phases])
         prepare_run_dir(cfg, self.force_new, self.is_writer)

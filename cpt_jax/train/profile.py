@@ -4,18 +4,22 @@ The trace of each process goes to <run_dir>/profile/process-<i>/ (distinct on ev
 several on one host): TensorBoard's profile plugin reads it (`tensorboard --logdir RUN/profile`),
 and Perfetto (ui.perfetto.dev) opens the perfetto_trace.json.gz beside it. The loop runs it as a
 hook: tracing starts after global step `start_step` (past compilation) and stops once step
-start_step + steps has finished on the device.
+start_step + steps has finished on the device. With a bucket run_dir (gs://, s3://) the profiler
+writes into a local folder (jax.profiler writes only local files), uploaded when the trace ends.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 import jax
 
 from cpt_jax.config.base import require
+from cpt_jax.storage.paths import as_path, is_remote, upload_tree
 from cpt_jax.train.hooks import StepInfo
 
 
@@ -31,6 +35,7 @@ class ProfileConfig:
 
     def validate(self, path: str) -> None:
         require(self.steps >= 0, path, "steps", f"must be >= 0, got {self.steps}")
+        require(self.start_step >= 0, path, "start_step", f"must be >= 0, got {self.start_step}")
         if self.steps:
             require(self.start_step >= 1, path, "start_step", f"must be >= 1 (the first step compiles: e.g. 5), "
                                                               f"got {self.start_step}")
@@ -43,7 +48,8 @@ class StepProfiler:
     def __init__(self, cfg: ProfileConfig, run_dir: str | Path, process_index: int, log: Callable[[str], None]):
         self.cfg, self.log = cfg, log
         self.enabled = cfg.steps > 0 and (cfg.processes == "all" or process_index == 0)
-        self.dir = Path(run_dir) / "profile" / f"process-{process_index}"
+        self.dir = as_path(run_dir) / "profile" / f"process-{process_index}"
+        self._local: Path | None = None  # where jax.profiler writes when self.dir is in a bucket
         self.window = False  # between start_step and its end: the same on every process
         self.tracing = False  # this process writes a trace now
 
@@ -66,8 +72,11 @@ class StepProfiler:
     def start(self, info: StepInfo) -> None:
         self.window = True
         if self.enabled:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            jax.profiler.start_trace(str(self.dir), create_perfetto_trace=True)
+            if is_remote(self.dir):
+                self._local = Path(tempfile.mkdtemp(prefix="cpt-jax-profile-"))
+            else:
+                self.dir.mkdir(parents=True, exist_ok=True)
+            jax.profiler.start_trace(str(self._local or self.dir), create_perfetto_trace=True)
             self.tracing = True
             self.log(f"profile: tracing steps {info.step + 1}-{self.end} into {self.dir}")
 
@@ -84,3 +93,9 @@ class StepProfiler:
         if self.tracing:
             self.tracing = False
             jax.profiler.stop_trace()
+            if self._local is not None:
+                local, self._local = self._local, None
+                try:
+                    upload_tree(local, self.dir, replace=False)  # an earlier trace stays
+                finally:
+                    shutil.rmtree(local, ignore_errors=True)
