@@ -314,7 +314,7 @@ def download(em: Emulator, url: str, local: Path) -> Path:
 @pytest.mark.slow
 def test_prepare_import_merge_extend_and_hf_init_read_and_write_a_bucket(tmp_path):
     """Every command that takes a model or data folder takes one in a bucket, from the CLI:
-    prepare --out, import-hf in and out, merge inputs (an HF folder and ckpt:) and output,
+    prepare --out and --tokenizer, a plan's tokenizer, import-hf in and out, merge inputs (an HF folder and ckpt:) and output,
     extend-vocab's model, tokenizer and output, and a plan's `init: hf:gs://...`. The merge of a
     model with its own import (weights 0.5, 0.5) gives back its tensors bit for bit."""
     from hf_fixtures import make_tiny_hf_model
@@ -340,8 +340,8 @@ def test_prepare_import_merge_extend_and_hf_init_read_and_write_a_bucket(tmp_pat
             assert proc.returncode == 0, out[-3000:]
             return out
 
-        run("prepare", tmp_path / "in", "--out", "gs://bkt/data", "--tokenizer", hf / "tokenizer.json",
-            "--eval-docs", "4", "--quiet")
+        run("prepare", tmp_path / "in", "--out", "gs://bkt/data", "--tokenizer", "gs://bkt/hf/tokenizer.json",
+            "--eval-docs", "4", "--quiet")  # the tokenizer read from beside the weights, which stay in the bucket
         line = one_error(cli(env, tmp_path, "prepare", tmp_path / "in", "--out", "gs://bkt/data", "--tokenizer",
                              hf / "tokenizer.json", "--eval-docs", "4", "--quiet"))
         assert "is not empty" in line and "--overwrite" in line, line
@@ -353,7 +353,7 @@ def test_prepare_import_merge_extend_and_hf_init_read_and_write_a_bucket(tmp_pat
         out = run("extend-vocab", "gs://bkt/ckpt", "--tokenizer", "gs://bkt/newtok/tokenizer.json",
                   "--out", "gs://bkt/ext", "--pad-multiple", "8")
         assert "160 -> 161 tokens" in out, out[-3000:]
-        p = short_plan(str(tmp_path / "run"), "gs://bkt/data", hf / "tokenizer.json")
+        p = short_plan(str(tmp_path / "run"), "gs://bkt/data", "gs://bkt/hf/tokenizer.json")
         p["phases"][0]["init"] = "hf:gs://bkt/hf"
         del p["model"]  # taken from the folder's config.json in the bucket
         (tmp_path / "plan.yaml").write_text(yaml.safe_dump(p))
@@ -365,7 +365,9 @@ def test_prepare_import_merge_extend_and_hf_init_read_and_write_a_bucket(tmp_pat
         ext = download(em, "gs://bkt/ext", tmp_path / "ext")
         assert (ext / "tokenizer" / "tokenizer.json").read_bytes() == (tmp_path / "newtok" / "tokenizer.json").read_bytes()
         data = download(em, "gs://bkt/data", tmp_path / "data")
-        assert json.loads((data / "manifest.json").read_text())["splits"]["eval"]["documents"] == 4
+        manifest = json.loads((data / "manifest.json").read_text())
+        assert manifest["splits"]["eval"]["documents"] == 4
+        assert manifest["tokenizer"]["path"] == "gs://bkt/hf/tokenizer.json"  # the URL, not a cache path
     from cpt_jax.train.metrics import read_jsonl
 
     rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import sys
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import grain
@@ -39,6 +38,7 @@ from cpt_jax.data.hashing import derive_key, sha256_file
 from cpt_jax.data.mixture import MixturePlan, plan_mixture
 from cpt_jax.data.packing import PackedStream
 from cpt_jax.data.sources import Source, open_source
+from cpt_jax.data.tokenizer import tokenizer_file
 
 STATE_VERSION = 2
 BATCH_KEYS = ("tokens", "segment_ids", "positions", "source_ids")
@@ -254,9 +254,10 @@ class DataPipeline:
         """Refuse data the model cannot embed, or data from another tokenizer than the run's
         (given as its sha256, or as the path of the tokenizer file)."""
         if tokenizer:
-            if not Path(tokenizer).is_file():
+            local = tokenizer_file(tokenizer)
+            if not local.is_file():
                 raise DataError(f"tokenizer {tokenizer} does not exist; set `tokenizer` to the file used by prepare")
-            tokenizer_fingerprint = sha256_file(tokenizer)
+            tokenizer_fingerprint = sha256_file(local)
         self._open(vocab_size)
         for name, src in self.sources.items():
             if src.max_token_id >= vocab_size:

@@ -116,7 +116,8 @@ def prepare(opts: PrepareOptions) -> dict:
     _refuse_copies(scans, eval_scans)
     cutoff = _eval_cutoff(scans, eval_scans, opts)
     config = {"format": mf.FORMAT, "files": [[str(s.path), s.sha256] for s in scans],
-              "read": asdict(opts.read), "tokenizer": opts.tokenizer and str(Path(opts.tokenizer).resolve()),
+              "read": asdict(opts.read), "tokenizer": opts.tokenizer and (opts.tokenizer if is_remote(opts.tokenizer)
+                                                 else str(Path(opts.tokenizer).resolve())),
               "train_tokenizer": opts.train_tokenizer, "eos_token": opts.eos_token,
               "add_bos": opts.add_bos, "eval_docs": opts.hash_eval_docs,
               "eval_fraction": opts.eval_fraction, "shard_docs": opts.shard_docs}

@@ -15,12 +15,13 @@ from __future__ import annotations
 import io
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from cpt_jax.errors import DataError
 from cpt_jax.data.hashing import sha256_file
+from cpt_jax.storage import is_remote, local_file
 
 # End-of-text tokens of common model families, tried in order when tokenizer.json does not
 # name its EOS (a tokenizer_config.json next to it, or `eos_token`, takes precedence).
@@ -71,7 +72,7 @@ class Tokenizer:
         raise NotImplementedError
 
     def describe(self) -> dict:
-        return {"path": str(Path(self.path).resolve()), "kind": self.kind, "sha256": self.fingerprint,
+        return {"path": self.path if is_remote(self.path) else str(Path(self.path).resolve()), "kind": self.kind, "sha256": self.fingerprint,
                 "vocab_size": self.vocab_size, "eos_id": self.eos_id, "bos_id": self.bos_id,
                 "add_bos": self.add_bos, "add_bos_reason": self.add_bos_reason}
 
@@ -175,13 +176,20 @@ def _token_text(value) -> str:
     return value or ""
 
 
+def tokenizer_file(path: str | Path) -> Path:
+    """The local file of a tokenizer (for a URL: a cached copy, with its tokenizer_config.json)."""
+    return local_file(path, beside=("tokenizer_config.json",))
+
+
 def load_tokenizer(spec: TokenizerSpec) -> Tokenizer:
-    path = Path(spec.path)
+    """A tokenizer in a bucket is read from a local copy; it records the URL as given."""
+    path = tokenizer_file(spec.path)
     if not path.is_file():
-        raise DataError(f"tokenizer {path} does not exist; pass a sentencepiece .model or a tokenizer.json")
-    if path.suffix == ".json":
-        return HFTokenizer(spec)
-    return SentencePieceTokenizer(spec)
+        raise DataError(f"tokenizer {spec.path} does not exist; pass a sentencepiece .model or a tokenizer.json")
+    local = replace(spec, path=str(path))
+    tok = HFTokenizer(local) if path.suffix == ".json" else SentencePieceTokenizer(local)
+    tok.path = spec.path
+    return tok
 
 
 def train_sentencepiece(lines: Iterable[str], out_path: Path, vocab_size: int) -> None:

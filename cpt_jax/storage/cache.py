@@ -16,6 +16,7 @@ import os
 import pathlib
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Iterable
 
 from cpt_jax.storage.paths import as_path, is_remote, storage_error
 
@@ -69,11 +70,12 @@ def local_copy(path: str | os.PathLike) -> pathlib.Path:
     return _inflight[p].result()
 
 
-def local_folder(path: str | os.PathLike) -> pathlib.Path:
+def local_folder(path: str | os.PathLike, only: Iterable[str] | None = None) -> pathlib.Path:
     """A local folder with the files of the folder `path` (a Hugging Face model: its readers
     memory-map safetensors and open tokenizer files by name): itself when local, else links to
     the cached copies of its files (fetched in parallel, each kept while its object is unchanged)
-    under a folder keyed by the URL. An empty or missing remote folder gives an empty folder."""
+    under a folder keyed by the URL. An empty or missing remote folder gives an empty folder.
+    `only`: just these names (a tokenizer beside a model's weights), the others left as they are."""
     p = str(path).rstrip("/")
     if not is_remote(p):
         return pathlib.Path(p)
@@ -84,11 +86,15 @@ def local_folder(path: str | os.PathLike) -> pathlib.Path:
         names = [f[len(root):].lstrip("/") for f in fs.find(root)]
     except Exception as e:
         raise storage_error(p, e, "reading") from e
+    scope = None if only is None else set(only)
+    if scope is not None:
+        names = [name for name in names if name in scope]
     urls = [f"{p}/{name}" for name in names]
     prefetch(urls)
     folder = cache_dir() / "folders" / hashlib.sha256(p.encode()).hexdigest()[:24]
     folder.mkdir(parents=True, exist_ok=True)
-    for old in [f for f in folder.rglob("*") if f.is_symlink() and f.relative_to(folder).as_posix() not in names]:
+    for old in [f for f in folder.rglob("*") if f.is_symlink() and f.relative_to(folder).as_posix() not in names
+                and (scope is None or f.relative_to(folder).as_posix() in scope)]:
         old.unlink()  # a file deleted from the bucket since the last copy
     for name, url in zip(names, urls):
         link, target = folder / name, local_copy(url).resolve()
@@ -99,3 +105,13 @@ def local_folder(path: str | os.PathLike) -> pathlib.Path:
         tmp.symlink_to(target)
         os.replace(tmp, link)  # atomic: several processes may build the same folder
     return folder
+
+
+def local_file(path: str | os.PathLike, beside: Iterable[str] = ()) -> pathlib.Path:
+    """A local path for the file `path`: itself when local, else its cached copy in a folder that
+    also links the files named `beside` next to it in the bucket (readers that open a sibling by
+    name, as a tokenizer opens tokenizer_config.json)."""
+    if not is_remote(path):
+        return pathlib.Path(path)
+    parent, name = str(path).rstrip("/").rsplit("/", 1)
+    return local_folder(parent, only=(name, *beside)) / name

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from cpt_jax.errors import DataError
+from cpt_jax.storage import is_remote, local_file
 
 
 class TaskTokenizer:
@@ -78,8 +79,10 @@ class SentencePieceTaskTokenizer(TaskTokenizer):
 
 
 def load_task_tokenizer(path: str | Path) -> TaskTokenizer:
-    """A tokenizer.json, a folder holding one, or a sentencepiece .model."""
-    path = Path(path)
+    """A tokenizer.json, a folder holding one, or a sentencepiece .model (local or in a bucket)."""
+    if is_remote(path) and not str(path).endswith((".json", ".model")):
+        path = f"{str(path).rstrip('/')}/tokenizer.json"
+    path = local_file(path, beside=("tokenizer_config.json",))
     if path.is_dir():
         path = path / "tokenizer.json"
     if not path.is_file():
