@@ -33,12 +33,17 @@ demo: $(VENV)/.runtime
 	$(BIN)/cpt-jax demo
 
 # The CPU suite in two parts: `test` (the fast tests, under 20 minutes on 2 cores) and
-# `test-slow` (end-to-end runs marked slow: real model, buckets, several processes).
+# `test-slow` (end-to-end runs marked slow: real model, buckets, several processes). Both run in
+# TEST_WORKERS pytest-xdist workers, one test file per worker at a time (module fixtures are built
+# once): XLA compiles on one thread, so a second worker keeps the second core busy.
+TEST_WORKERS ?= 2
+PYTEST := XLA_FLAGS=$(XLA_FAKE_DEVICES) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
+
 test: $(VENV)/.test
-	XLA_FLAGS=$(XLA_FAKE_DEVICES) $(BIN)/python -m pytest -q -m "not slow" --durations=25 tests
+	$(PYTEST) -m "not slow" tests
 
 test-slow: $(VENV)/.test
-	XLA_FLAGS=$(XLA_FAKE_DEVICES) $(BIN)/python -m pytest -q -m slow --durations=25 tests
+	$(PYTEST) -m slow tests
 
 # Compile-only: the train step for TPU v5e/v5p/v6e slices and 8 H100s (tests/accel), one
 # compiler per process.
