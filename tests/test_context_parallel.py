@@ -69,8 +69,12 @@ def reference(model_cfg, rows, length, seed):
                           jax.devices()[:1])
 
 
-@pytest.mark.parametrize("mesh_cfg", [MeshConfig(data=1, fsdp=4, context=2), MeshConfig(data=2, fsdp=1, context=4),
-                                      MeshConfig(data=1, fsdp=1, context=8),
+SLOW = pytest.mark.slow  # over 30 s each on 2 cores: `make test-slow`; the mixed mesh stays in `make test`
+
+
+@pytest.mark.parametrize("mesh_cfg", [pytest.param(MeshConfig(data=1, fsdp=4, context=2), marks=SLOW),
+                                      pytest.param(MeshConfig(data=2, fsdp=1, context=4), marks=SLOW),
+                                      pytest.param(MeshConfig(data=1, fsdp=1, context=8), marks=SLOW),
                                       MeshConfig(data=1, fsdp=2, context=2, tensor=2)],
                          ids=["fsdp4-cp2", "data2-cp4", "cp8", "fsdp2-cp2-tp2"])
 def test_context_parallel_equals_unsharded(tiny_model_cfg, mesh_cfg):

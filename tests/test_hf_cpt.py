@@ -34,7 +34,7 @@ def packed_nll(model, batch: dict) -> tuple[float, int]:
     return nll, count
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("family", ["llama", pytest.param("qwen2", marks=pytest.mark.slow)])  # qwen2: make test-slow
 def test_two_phase_plan_from_hf_exports_back(tmp_path, family):
     hf_dir = make_tiny_hf_model(tmp_path / "hf", family, tie=family == "qwen2")
     plan = {

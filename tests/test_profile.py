@@ -26,6 +26,7 @@ def write_plan(tmp_path, profile: dict) -> tuple[str, dict]:
     return str(path), plan
 
 
+@pytest.mark.slow  # 40 s on 2 cores; the trace itself is also written by the bucket test below
 def test_cli_run_writes_a_trace_of_the_chosen_steps(tmp_path, capsys):
     plan, _ = write_plan(tmp_path, {"start_step": 1, "steps": 2})
     assert main(["train", plan, "--no-progress"]) == 0
