@@ -72,7 +72,8 @@ class Tokenizer:
         raise NotImplementedError
 
     def describe(self) -> dict:
-        return {"path": self.path if is_remote(self.path) else str(Path(self.path).resolve()), "kind": self.kind, "sha256": self.fingerprint,
+        path = self.path if is_remote(self.path) else str(Path(self.path).resolve())  # a URL stays a URL
+        return {"path": path, "kind": self.kind, "sha256": self.fingerprint,
                 "vocab_size": self.vocab_size, "eos_id": self.eos_id, "bos_id": self.bos_id,
                 "add_bos": self.add_bos, "add_bos_reason": self.add_bos_reason}
 

@@ -20,5 +20,5 @@ from cpt_jax.storage.paths import (
 )
 
 __all__ = ["GCS_ENDPOINT_ENV", "S3_ENDPOINT_ENV", "AnyPath", "AppendLog", "absolute", "as_path", "cache_dir",
-           "check_reachable", "check_writable", "copy", "is_remote", "local_copy", "local_file", "local_folder", "move", "prefetch", "remove_tree",
-           "storage_error", "upload_tree"]
+           "check_reachable", "check_writable", "copy", "is_remote", "local_copy", "local_file", "local_folder", "move",
+           "prefetch", "remove_tree", "storage_error", "upload_tree"]
