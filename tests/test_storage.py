@@ -220,6 +220,33 @@ def test_unreachable_endpoint_is_one_error(tmp_path):
     assert "gs://bkt" in line and "cannot be reached" in line and "CPT_JAX_GCS_ENDPOINT" in line, line
 
 
+def test_task_and_data_tokenizers_read_from_a_bucket(tmp_path, monkeypatch):
+    """A tokenizer in a bucket (a file URL, or for tasks its folder) encodes as its local copy
+    does; only the tokenizer files are fetched, not the weights beside them; the URL is recorded."""
+    from hf_fixtures import make_tiny_hf_model
+
+    from cpt_jax.data.tokenizer import TokenizerSpec, load_tokenizer
+    from cpt_jax.tasks.tokenizer import load_task_tokenizer
+
+    hf = make_tiny_hf_model(tmp_path / "hf", "llama")
+    monkeypatch.setenv("CPT_JAX_CACHE_DIR", str(tmp_path / "cache"))
+    text = "w3 w5 w7 w11"
+    with Emulator("gs") as em:
+        em.make_bucket("bkt")
+        upload(hf, "gs://bkt/hf", em.env())
+        for k, v in em.env().items():
+            monkeypatch.setenv(k, v)
+        remote = load_tokenizer(TokenizerSpec("gs://bkt/hf/tokenizer.json"))
+        local = load_tokenizer(TokenizerSpec(str(hf / "tokenizer.json")))
+        assert remote.encode_batch([text]) == local.encode_batch([text])
+        assert remote.describe()["path"] == "gs://bkt/hf/tokenizer.json"
+        assert remote.fingerprint == local.fingerprint and remote.add_bos == local.add_bos
+        for url in ("gs://bkt/hf", "gs://bkt/hf/tokenizer.json"):
+            assert load_task_tokenizer(url).encode(text) == load_task_tokenizer(hf).encode(text)
+    fetched = {p.name for p in (tmp_path / "cache").rglob("*") if p.is_symlink()}
+    assert fetched == {"tokenizer.json", "tokenizer_config.json"}, fetched  # no weights
+
+
 def bucket_objects(em: Emulator, bucket: str) -> list[str]:
     """The names of the objects in a bucket, listed through the emulator's API."""
     import urllib.request
