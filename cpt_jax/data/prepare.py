@@ -109,15 +109,15 @@ def prepare(opts: PrepareOptions) -> dict:
         _clean(out, include_tokenizer=opts.train_tokenizer > 0)
     files = discover(list(opts.inputs))
     eval_files = _discover_eval(files, opts.eval_inputs)
-    if opts.tokenizer:
-        load_tokenizer(TokenizerSpec(opts.tokenizer, opts.eos_token, opts.add_bos))  # fail before the long part
+    # loaded here to fail before the long part; its path as the manifest records it (a URL stays a URL)
+    tokenizer_path = opts.tokenizer and load_tokenizer(
+        TokenizerSpec(opts.tokenizer, opts.eos_token, opts.add_bos)).describe()["path"]
     all_scans = _run(_scan_task, [(p, fmt, opts.read, opts.shard_docs) for p, fmt in files + eval_files], opts, "scan")
     scans, eval_scans = all_scans[:len(files)], all_scans[len(files):]
     _refuse_copies(scans, eval_scans)
     cutoff = _eval_cutoff(scans, eval_scans, opts)
     config = {"format": mf.FORMAT, "files": [[str(s.path), s.sha256] for s in scans],
-              "read": asdict(opts.read), "tokenizer": opts.tokenizer and (opts.tokenizer if is_remote(opts.tokenizer)
-                                                 else str(Path(opts.tokenizer).resolve())),
+              "read": asdict(opts.read), "tokenizer": tokenizer_path,
               "train_tokenizer": opts.train_tokenizer, "eos_token": opts.eos_token,
               "add_bos": opts.add_bos, "eval_docs": opts.hash_eval_docs,
               "eval_fraction": opts.eval_fraction, "shard_docs": opts.shard_docs}

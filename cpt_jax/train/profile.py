@@ -10,16 +10,16 @@ writes into a local folder (jax.profiler writes only local files), uploaded when
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 import jax
 
 from cpt_jax.config.base import require
-from cpt_jax.storage.paths import as_path, is_remote, upload_tree
+from cpt_jax.storage import as_path, is_remote, upload_tree
 from cpt_jax.train.hooks import StepInfo
 
 
