@@ -10,8 +10,10 @@ import jax
 import numpy as np
 import pytest
 from hf_fixtures import make_tiny_hf_model
+from jax.sharding import NamedSharding, PartitionSpec
 
 from cpt_jax.hf import load_hf_params
+from cpt_jax.hf.importer import aligned_empty, place_tensor
 from cpt_jax.hf.safetensors_io import MappedTensor, read_header, tensor_files
 from cpt_jax.model.params import param_shardings
 from cpt_jax.sharding import MeshConfig, make_mesh
@@ -97,3 +99,17 @@ def test_same_values_on_one_device_and_on_a_mesh(models):
         # Replicas own their memory: an in-place update on one device must not reach another.
         pointers = [shard.data.unsafe_buffer_pointer() for shard in b.addressable_shards]
         assert len(set(pointers)) == len(pointers)
+
+
+@pytest.mark.parametrize("spec", [PartitionSpec(), PartitionSpec("fsdp"), PartitionSpec(None, "tensor")])
+def test_each_replica_gets_its_own_buffer_even_from_an_aligned_host_tensor(spec):
+    # An aligned block is what XLA:CPU adopts without copying: the case where replicas could share it.
+    mesh = make_mesh(MeshConfig(data=1, fsdp=2, tensor=2), jax.devices()[:4])
+    # Several sizes: whether a fresh host copy lands on a 64-byte boundary depends on the allocator.
+    for rows in (4, 64, 256, 1024, 4096):
+        host = aligned_empty((rows, 16), np.float32)
+        host[...] = np.arange(host.size, dtype=np.float32).reshape(host.shape)
+        placed = place_tensor(host, NamedSharding(mesh, spec))
+        np.testing.assert_array_equal(np.asarray(placed), host)
+        pointers = [shard.data.unsafe_buffer_pointer() for shard in placed.addressable_shards]
+        assert len(set(pointers)) == len(pointers), rows

@@ -93,11 +93,14 @@ def host_tensor(m: Mapping, tensor: MappedTensor, dtype) -> np.ndarray:
 def place_tensor(host: np.ndarray, sharding) -> jax.Array:
     """One tensor into its shards: each addressable device gets its block of `host` (on several
     hosts each process places only what its devices hold). On one CPU device the shard is `host`
-    itself (aligned_empty); on several each gets a copy, as XLA:CPU would otherwise alias one
-    buffer into every replica."""
-    shared = len(sharding.device_set) > 1
-    return jax.make_array_from_callback(host.shape, sharding,
-                                        lambda index: np.array(host[index]) if shared else host[index])
+    itself (aligned_empty); on several each device gets its own copy. Not make_array_from_callback
+    there: it calls back once per distinct block and puts that one array on every replica, which
+    XLA:CPU adopts without copying when it is 64-byte aligned, so replicas would share a buffer."""
+    if len(sharding.device_set) == 1:
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+    blocks = sharding.addressable_devices_indices_map(host.shape)
+    return jax.make_array_from_single_device_arrays(
+        host.shape, sharding, [jax.device_put(np.array(host[index]), d) for d, index in blocks.items()])
 
 
 class StackedLeaf:
