@@ -265,14 +265,21 @@ class _ErrorCapture:
         self.errors.clear()
 
 
+# How tensorstore words the errors it raises: ValueError("<absl status code>: ...").
+_TENSORSTORE_ERROR = re.compile(r"(CANCELLED|UNKNOWN|INVALID_ARGUMENT|DEADLINE_EXCEEDED|NOT_FOUND|ALREADY_EXISTS|"
+                                r"PERMISSION_DENIED|RESOURCE_EXHAUSTED|FAILED_PRECONDITION|ABORTED|OUT_OF_RANGE|"
+                                r"UNIMPLEMENTED|INTERNAL|UNAVAILABLE|DATA_LOSS|UNAUTHENTICATED): ")
+
+
 def _raised_in_orbax(record: logging.LogRecord) -> bool:
     if "orbax" in record.pathname:
         return True
-    if record.name == "asyncio" and "tensorstore_spec=" in str(record.exc_info[1]):
-        # a tensorstore write orbax awaited in a task that its failed save abandoned: asyncio
-        # logs "Future exception was never retrieved" with no orbax frame in the traceback
+    error = record.exc_info[1]
+    if record.name == "asyncio" and isinstance(error, ValueError) and _TENSORSTORE_ERROR.match(str(error)):
+        # a tensorstore write (zarr or OCDBT) orbax awaited in a task that its failed save
+        # abandoned: asyncio logs "Future exception was never retrieved" with no orbax frame
         return True
-    tb = record.exc_info[1].__traceback__
+    tb = error.__traceback__
     while tb is not None:
         if "orbax" in tb.tb_frame.f_code.co_filename:
             return True
